@@ -1,0 +1,117 @@
+"""Vendor settings, built once from the environment (or any mapping) by the orchestration layer.
+
+Connectors receive a `VendorSettings`; they never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from connectors.redact import register_secret
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True)
+class VendorSettings:
+    """Everything one vendor connector needs; credentials stay `SecretStr` until sent."""
+
+    vendor: str
+    base_url: str | None
+    credentials: Mapping[str, SecretStr] = field(default_factory=dict)
+    rate_limit: float | None = None  # requests per second; None: no limit of ours
+    max_concurrency: int = 8  # requests in flight at once
+    max_attempts: int = 5  # attempts per decision, first one included
+    timeout: float = 30.0  # seconds per request (connect and read)
+    backoff_initial: float = 0.5  # first retry wait, doubled each time, with jitter
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0  # a vendor's Retry-After is honoured up to this
+    problems: tuple[str, ...] = ()  # why the settings are unusable, if they are
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def secret(self, name: str) -> str:
+        """The plain value of one credential, for the moment a request is sent."""
+        return self.credentials[name].get_secret_value()
+
+    @classmethod
+    def from_env(
+        cls,
+        vendor: str,
+        credential_names: tuple[str, ...],
+        environ: Mapping[str, str] | None = None,
+    ) -> "VendorSettings":
+        """Read `<VENDOR>_*` settings; problems are collected, never raised."""
+        env = os.environ if environ is None else environ
+        prefix = vendor.upper()
+        problems: list[str] = []
+
+        def text(name: str) -> str | None:
+            value = env.get(f"{prefix}_{name}", "").strip()
+            return value or None
+
+        def number(name: str, default, kind=float, minimum=0.0):
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                problems.append(f"{prefix}_{name} is not a number")
+                return default
+            if value < minimum:
+                problems.append(f"{prefix}_{name} must be at least {minimum}")
+                return default
+            return value
+
+        base_url = text("BASE_URL")
+        if base_url is None:
+            problems.append(f"{prefix}_BASE_URL is not set")
+        else:
+            base_url = base_url.rstrip("/")
+            problems.extend(_url_problems(prefix, base_url, env))
+
+        credentials: dict[str, SecretStr] = {}
+        for name in credential_names:
+            value = text(name)
+            if value is None:
+                problems.append(f"{prefix}_{name} is not set")
+            else:
+                register_secret(value)
+                credentials[name] = SecretStr(value)
+
+        rate = number("RATE_LIMIT", None)
+        return cls(
+            vendor=vendor,
+            base_url=base_url,
+            credentials=credentials,
+            rate_limit=rate if rate else None,
+            max_concurrency=number("MAX_CONCURRENCY", 8, int, 1),
+            max_attempts=number("MAX_ATTEMPTS", 5, int, 1),
+            timeout=number("TIMEOUT", 30.0, float, 0.001),
+            backoff_initial=number("BACKOFF_INITIAL", 0.5),
+            backoff_max=number("BACKOFF_MAX", 30.0),
+            retry_after_max=number("RETRY_AFTER_MAX", 120.0),
+            problems=tuple(problems),
+        )
+
+
+def _url_problems(prefix: str, url: str, env: Mapping[str, str]) -> list[str]:
+    """TLS stays on: plain http is only for this machine unless explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"{prefix}_BASE_URL is not an http(s) URL"]
+    allowed = env.get("INVOICE_SYNC_ALLOW_INSECURE_HTTP", "").strip().lower() in ("1", "true", "yes")
+    if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS and not allowed:
+        return [
+            f"{prefix}_BASE_URL uses plain http to {parts.hostname}; use https "
+            "(or set INVOICE_SYNC_ALLOW_INSECURE_HTTP=1 if you really mean it)"
+        ]
+    return []

@@ -1,0 +1,223 @@
+"""The one place requests are sent: pooled session, pacing, retries, concurrency.
+
+A `VendorClient` wraps one connector for one run. It turns each `Decision` into exactly one
+`RowResult`, whatever happens: a retryable answer is retried with declared backoff
+(exponential with jitter, `Retry-After` honoured up to a cap), a permanent one fails the row,
+and refused credentials stop the vendor so that its remaining rows are not sent at all.
+Retries happen here only: the Prefect tasks above never retry a chunk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+from tenacity.wait import wait_base
+
+from connectors.base import Action, Connector, Decision, ErrorCode, Outcome, Request, Verdict
+from connectors.ratelimit import RateLimiter
+from connectors.redact import redact
+
+USER_AGENT = "invoice-sync/0.1"
+
+
+@dataclass(slots=True)
+class RowResult:
+    """What happened to one decision at its vendor."""
+
+    row_number: int
+    outcome: Outcome
+    http_status: int | None = None
+    error_code: ErrorCode | None = None
+    vendor_error_code: str | None = None
+    error_message: str = ""
+    attempts: int = 0
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try: the classified answer and the HTTP status, if there was one."""
+
+    verdict: Verdict
+    http_status: int | None
+
+
+class BackoffWait(wait_base):
+    """Exponential backoff with jitter; a vendor's `Retry-After` wins, clamped to a maximum."""
+
+    def __init__(self, initial: float, maximum: float, retry_after_max: float, on_throttle) -> None:
+        self.exponential = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self.retry_after_max = retry_after_max
+        self.on_throttle = on_throttle
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        verdict: Verdict = retry_state.outcome.result().verdict
+        if verdict.action is Action.REAUTH:
+            return 0.0  # a fresh token is all it takes
+        if verdict.retry_after is not None:
+            wait = min(verdict.retry_after, self.retry_after_max)
+        else:
+            wait = self.exponential(retry_state)
+        if verdict.error_code is ErrorCode.RATE_LIMITED:
+            self.on_throttle(wait)
+        return wait
+
+
+class VendorClient:
+    """Sends one vendor's decisions for one run (thread-safe; share it across chunks)."""
+
+    def __init__(
+        self,
+        connector: Connector,
+        *,
+        limiter: RateLimiter | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        settings = connector.settings
+        self.connector = connector
+        self.vendor = connector.name
+        self.settings = settings
+        self.base_url = settings.base_url or ""
+        self.limiter = limiter or RateLimiter(settings.rate_limit)
+        self.auth = connector.make_auth()
+        self.session = session or _pooled_session(settings.max_concurrency)
+        self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix=f"send-{self.vendor}")
+        self._sent = itertools.count()
+        self._requests_sent = 0
+        self._stopped: tuple[int, Verdict] | None = None
+        self._stop_lock = threading.Lock()
+        self._retrying = Retrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=BackoffWait(settings.backoff_initial, settings.backoff_max, settings.retry_after_max, self.limiter.pause),
+            retry=retry_if_result(self._should_retry),
+            retry_error_callback=lambda state: state.outcome.result(),  # the last attempt decides
+            reraise=True,
+            **({"sleep": sleep} if sleep else {}),
+        )
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests made so far (every attempt and token fetch)."""
+        return self._requests_sent
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped is not None
+
+    def send_many(
+        self, decisions: Iterable[Decision], on_result: Callable[[RowResult], None] | None = None
+    ) -> list[RowResult]:
+        """Send decisions concurrently (up to the vendor's max concurrency); results in input order."""
+
+        def one(decision: Decision) -> RowResult:
+            result = self.send(decision)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        return list(self._pool.map(one, decisions))
+
+    def send(self, decision: Decision) -> RowResult:
+        """Send one decision, retrying as declared; always returns its one result."""
+        if self._stopped is not None:
+            return self._not_sent(decision)
+        try:
+            request = self.connector.build_request(decision)
+        except (ValueError, KeyError) as exc:
+            return self._result(decision, Attempt(Verdict(Action.FAIL, ErrorCode.INVALID_ROW, message=str(exc)), None), 0)
+        retrying = self._retrying.copy()
+        attempt: Attempt = retrying(self._attempt, request)
+        attempts = retrying.statistics.get("attempt_number", 1)
+        if attempt.verdict.action is Action.STOP:
+            self._stop(decision, attempt.verdict)
+        return self._result(decision, attempt, attempts)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.session.close()
+
+    # -- internals --------------------------------------------------------------------------
+    def _should_retry(self, attempt: Attempt) -> bool:
+        return attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is None
+
+    def _attempt(self, request: Request) -> Attempt:
+        try:
+            authed = self.auth.apply(request, self._send_raw)
+            response = self._send_raw(authed)
+        except Exception as exc:  # every failure becomes a Verdict; nothing escapes a row
+            return Attempt(self.connector.classify(request, error=exc), None)
+        verdict = self.connector.classify(request, response=response)
+        if verdict.action is Action.REAUTH:
+            self.auth.invalidate(authed)
+        return Attempt(verdict, response.status_code)
+
+    def _send_raw(self, request: Request) -> requests.Response:
+        self.limiter.acquire()  # every request takes a slot: retries and token fetches too
+        self._requests_sent = next(self._sent) + 1
+        return self.session.request(
+            request.method,
+            self.base_url + request.path,
+            params=request.params or None,
+            json=request.json,
+            data=request.form,
+            headers=request.headers or None,
+            timeout=self.settings.timeout,
+        )
+
+    def _stop(self, decision: Decision, verdict: Verdict) -> None:
+        with self._stop_lock:
+            if self._stopped is None:
+                self._stopped = (decision.row_number, verdict)
+
+    def _not_sent(self, decision: Decision) -> RowResult:
+        row, verdict = self._stopped  # type: ignore[misc]
+        message = f"not sent: {self.vendor} refused our credentials at row {row} ({verdict.message})"
+        return RowResult(
+            decision.row_number,
+            Outcome.FAILED,
+            error_code=verdict.error_code or ErrorCode.AUTH_FAILED,
+            error_message=redact(message),
+            attempts=0,
+            finished_at=datetime.now(timezone.utc),
+        )
+
+    def _result(self, decision: Decision, attempt: Attempt, attempts: int) -> RowResult:
+        verdict = attempt.verdict
+        now = datetime.now(timezone.utc)
+        if verdict.action is Action.SUCCEED:
+            return RowResult(decision.row_number, Outcome.SUCCEEDED, attempt.http_status, None, None,
+                             redact(verdict.message), attempts, now)
+        message = verdict.message
+        if verdict.action in (Action.RETRY, Action.REAUTH):
+            message = f"gave up after {attempts} attempts; last: {message}"
+        return RowResult(
+            decision.row_number,
+            Outcome.FAILED,
+            attempt.http_status,
+            verdict.error_code or ErrorCode.BAD_RESPONSE,
+            verdict.vendor_error_code,
+            redact(message),
+            attempts,
+            now,
+        )
+
+
+def _pooled_session(max_concurrency: int) -> requests.Session:
+    """A keep-alive session sized for the vendor's concurrency; urllib3 retries stay off (ours rule)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_concurrency, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    session.trust_env = False  # no proxy or netrc surprises: we talk to the configured URL only
+    return session

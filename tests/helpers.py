@@ -1,0 +1,46 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import json as jsonlib
+
+import requests
+
+from connectors import CONNECTORS
+from connectors.settings import VendorSettings
+
+FAKE_ENV = {
+    "ALFRED_BASE_URL": "https://alfred.test/api/v1/third-party-service",
+    "ALFRED_API_KEY": "alfred-key-test-1111",
+    "ALFRED_API_SECRET": "alfred-secret-test-2222",
+    "ACCOUNTEER_BASE_URL": "https://accounteer.test/api/v0.1",
+    "ACCOUNTEER_ACCESS_TOKEN": "accounteer-token-test-3333",
+    "APPZEN_BASE_URL": "https://appzen.test/dictionary-data-services",
+    "APPZEN_API_KEY": "appzen-key-test-4444",
+    "APPZEN_CUSTOMER_ID": "100439",
+    "APPZEN_CUSTOMER_KEY": "appzen-customer-key-test-5555",
+    "MODULUS_BASE_URL": "https://acme.modulus.test",
+    "MODULUS_APP": "modulus-app-test-6666",
+    "MODULUS_SECRET": "modulus-secret-test-7777",
+}
+
+
+def connector(vendor: str, env: dict[str, str] | None = None, **kwargs):
+    cls = CONNECTORS[vendor]
+    return cls(VendorSettings.from_env(vendor, cls.credential_names, env or FAKE_ENV), **kwargs)
+
+
+def response(status: int, body=None, headers: dict[str, str] | None = None) -> requests.Response:
+    """A requests.Response as a vendor would send it (dict/list bodies become JSON)."""
+    r = requests.Response()
+    r.status_code = status
+    if body is None:
+        r._content = b""
+    elif isinstance(body, (dict, list)):
+        r._content = jsonlib.dumps(body).encode()
+        r.headers["Content-Type"] = "application/json"
+    else:
+        r._content = body.encode() if isinstance(body, str) else body
+    r.headers.update(headers or {})
+    r.encoding = "utf-8"
+    return r

@@ -1,0 +1,166 @@
+"""The shared sender: retries, backoff, Retry-After, pacing, stop on refused credentials."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+
+from connectors.base import Decision, ErrorCode, Outcome
+from connectors.ratelimit import HEADROOM, RateLimiter
+from connectors.transport import VendorClient
+from tests.helpers import FAKE_ENV, connector, response
+
+OK = (202, {"statusCode": 202, "data": True, "message": "update Invoice"})
+
+
+class ScriptedSession(requests.Session):
+    """Answers from a script (status, body[, headers]) or raises the exception given."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = list(script)
+        self.calls: list[tuple[str, str, dict]] = []
+        self.lock = threading.Lock()
+
+    def request(self, method, url, **kwargs):
+        with self.lock:
+            self.calls.append((method, url, kwargs))
+            step = self.script.pop(0) if self.script else OK
+        if isinstance(step, BaseException):
+            raise step
+        return response(*step)
+
+
+def client_for(vendor, script, env=None, **limiter):
+    env = {**FAKE_ENV, **(env or {}), f"{vendor.upper()}_BACKOFF_INITIAL": "0.01"}
+    sleeps: list[float] = []
+    session = ScriptedSession(script)
+    c = VendorClient(connector(vendor, env), session=session, sleep=sleeps.append,
+                     limiter=RateLimiter(limiter.get("rate"), sleep=sleeps.append))
+    return c, session, sleeps
+
+
+def decision(n=1, vendor="alfred", invoice_id="000123", verdict="approve", **kw):
+    return Decision(n, invoice_id, vendor, verdict, **kw)
+
+
+def test_success_first_time_carries_credentials_once():
+    c, session, _ = client_for("alfred", [OK])
+    result = c.send(decision())
+    assert (result.outcome, result.http_status, result.attempts) == (Outcome.SUCCEEDED, 202, 1)
+    method, url, kwargs = session.calls[0]
+    assert (method, url) == ("PUT", "https://alfred.test/api/v1/third-party-service/invoice/000123")
+    assert kwargs["headers"]["API-Key"] == "alfred-key-test-1111"
+    assert kwargs["json"] == {"status": "approved"}
+    assert kwargs["timeout"] == 30.0
+
+
+def test_transient_failures_are_retried_then_succeed():
+    c, session, sleeps = client_for("alfred", [(503, None), requests.ConnectionError("reset"), requests.ReadTimeout("slow"), OK])
+    result = c.send(decision())
+    assert (result.outcome, result.attempts) == (Outcome.SUCCEEDED, 4)
+    assert len(session.calls) == 4
+    assert len(sleeps) == 3 and sleeps[0] < sleeps[2]  # exponential
+
+
+def test_retries_run_out():
+    c, session, _ = client_for("alfred", [(500, {"message": "boom"})] * 9)
+    result = c.send(decision())
+    assert result.outcome is Outcome.FAILED
+    assert result.error_code is ErrorCode.RETRIES_EXHAUSTED
+    assert result.attempts == 5 == len(session.calls)
+    assert result.error_message.startswith("gave up after 5 attempts")
+
+
+def test_retry_after_is_honoured_and_clamped():
+    env = {"ALFRED_RETRY_AFTER_MAX": "10"}
+    c, _, sleeps = client_for("alfred", [(429, None, {"Retry-After": "3"}), (429, None, {"Retry-After": "3600"}), OK], env)
+    result = c.send(decision())
+    assert result.outcome is Outcome.SUCCEEDED and result.attempts == 3
+    assert 3.0 in sleeps and 10.0 in sleeps and 3600.0 not in sleeps
+
+
+def test_rate_limited_until_the_end():
+    c, _, _ = client_for("alfred", [(429, None)] * 5)
+    result = c.send(decision())
+    assert (result.outcome, result.error_code, result.http_status) == (Outcome.FAILED, ErrorCode.RATE_LIMITED, 429)
+
+
+def test_a_429_pauses_the_whole_vendor():
+    c, _, _ = client_for("alfred", [(429, None, {"Retry-After": "2"}), OK])
+    c.send(decision())
+    # the limiter's next slot moved past the Retry-After: every thread for this vendor waits
+    assert c.limiter._next_slot >= 2.0
+
+
+def test_permanent_failure_is_not_retried():
+    c, session, _ = client_for("alfred", [(404, {"statusCode": 404, "message": "Invoice not found"})])
+    result = c.send(decision())
+    assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.NOT_FOUND, 1)
+    assert "Invoice not found" in result.error_message
+
+
+def test_refused_credentials_stop_the_vendor():
+    c, session, _ = client_for("alfred", [(401, {"statusCode": 401, "message": "Unauthorized"})])
+    first = c.send(decision(1))
+    later = c.send_many([decision(2, invoice_id="2"), decision(3, invoice_id="3")])
+    assert first.error_code is ErrorCode.AUTH_FAILED and first.attempts == 1
+    assert [r.error_code for r in later] == [ErrorCode.AUTH_FAILED] * 2
+    assert all(r.attempts == 0 and "not sent" in r.error_message for r in later)
+    assert len(session.calls) == 1  # nobody hammers a vendor that refused us
+
+
+def test_modulus_refused_token_is_renewed_once():
+    token = lambda t: (200, {"result": True, "title": "Success", "object": {"token": t}})
+    expired = (401, {"result": False, "title": "Error", "message": "Invalid or expired token."})
+    ok = (200, {"result": True, "title": "Success", "message": "Invoice Status changed successfully"})
+    c, session, sleeps = client_for("modulus", [token("tok-aaaa-1"), expired, token("tok-bbbb-2"), ok])
+    result = c.send(decision(vendor="modulus", invoice_id="35", invoice_number="INV_1"))
+    assert (result.outcome, result.attempts) == (Outcome.SUCCEEDED, 2)
+    urls = [(m, u.rsplit("/", 1)[-1], kw.get("params")) for m, u, kw in session.calls]
+    assert urls == [
+        ("POST", "Authenticate", None),
+        ("PATCH", "Invoice", {"token": "tok-aaaa-1"}),
+        ("POST", "Authenticate", None),
+        ("PATCH", "Invoice", {"token": "tok-bbbb-2"}),
+    ]
+    assert not any(sleeps)  # a new token is all it takes: no backoff
+
+
+def test_modulus_wrong_credentials_stop_without_retry():
+    c, session, _ = client_for("modulus", [(401, {"result": False, "title": "Error", "message": "Authentication failed."})])
+    results = c.send_many([decision(i, vendor="modulus", invoice_id=str(i), invoice_number="N") for i in range(1, 4)])
+    assert {r.error_code for r in results} == {ErrorCode.AUTH_FAILED}
+    assert len(session.calls) == 1
+
+
+def test_messages_never_carry_tokens():
+    c, _, _ = client_for("modulus", [(200, {"result": True, "object": {"token": "leaky-token-98765"}}),
+                                     (400, {"result": False, "message": "bad token leaky-token-98765 in https://x/?token=leaky-token-98765"})])
+    result = c.send(decision(vendor="modulus", invoice_id="35", invoice_number="INV_1"))
+    assert "leaky-token-98765" not in result.error_message
+
+
+def test_send_many_keeps_order_and_one_result_each():
+    c, _, _ = client_for("alfred", [])
+    decisions = [decision(i, invoice_id=f"{i:06d}") for i in range(1, 51)]
+    results = c.send_many(decisions)
+    assert [r.row_number for r in results] == list(range(1, 51))
+
+
+def test_limiter_spaces_requests():
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s):
+        slept.append(s)
+
+    limiter = RateLimiter(10, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        limiter.acquire()
+    interval = 1 / (10 * HEADROOM)
+    assert slept == pytest.approx([interval, 2 * interval, 3 * interval, 4 * interval])
+    limiter.pause(5)
+    assert limiter.acquire() == pytest.approx(5.0)
