@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test install sandbox bench clean
+.PHONY: demo test install sandbox bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) data/results/demo .pytest_cache
+
+lock: $(STAMP)
+	( echo "# Exact versions this project was tested with (pip freeze of .venv). \`make lock\` regenerates it."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -vi '^invoice-sync' ) > constraints.txt

@@ -37,12 +37,12 @@ TASK_WORKERS = CHUNKS_IN_FLIGHT_PER_VENDOR * len(CONNECTORS)
 
 
 @task(cache_policy=NO_CACHE)
-def read_file(path: str) -> pd.DataFrame:
-    """Read and normalise the decision file; an unusable file fails this task without a traceback."""
+def read_file(path: str) -> pd.DataFrame | UnusableFile:
+    """Read and normalise the decision file, or say why it cannot be used."""
     try:
         return read_decisions(path)
-    except UnusableFile as exc:
-        return Failed(name="UnusableFile", message=str(exc))
+    except UnusableFile as exc:  # an answer about the file, not a crash: no traceback anywhere
+        return exc
 
 
 @task(cache_policy=NO_CACHE)
@@ -130,10 +130,10 @@ def sync_decisions(
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "local")
 
-    read_state = read_file(path, return_state=True)
-    if read_state.is_failed():
-        return Failed(name="UnusableFile", message=read_state.message)
-    frame: pd.DataFrame = read_state.result()
+    frame = read_file(path)
+    if isinstance(frame, UnusableFile):
+        logger.info("nothing sent: %s", frame)  # the state says it; the terminal gets one line
+        return Failed(name="UnusableFile", message=str(frame))
     report = validate(frame)
     plan_ = plan(frame, report, vendors)
     logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
@@ -172,11 +172,11 @@ def dispatch(frame: pd.DataFrame, plan_: Plan, chunk_size: int, show_progress: b
 
     try:
         for vendor, future in lanes(configured, chunk_size, submit):
-            state = future.state
-            if state.is_completed():
-                sent.extend(future.result())
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, list):
+                sent.extend(outcome)
             else:  # a bug, not a vendor answer: its rows are reported failed by assemble_results
-                get_run_logger().error("chunk for %s ended %s: %s", vendor, state.name, state.message)
+                get_run_logger().error("a chunk for %s crashed: %s", vendor, outcome)
             update_progress_artifact(artifact_id, progress=round(100 * progress.fraction, 1))
     finally:
         progress.close()

@@ -1,0 +1,49 @@
+"""Shared fixtures: one Prefect test server per session, one sandbox per module."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Tests read results, not Prefect's console; its handler also outlives pytest's captured streams.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+import pytest  # noqa: E402
+
+VENDOR_PREFIXES = ("ALFRED_", "ACCOUNTEER_", "APPZEN_", "MODULUS_")
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect API on 127.0.0.1 for the whole session (started once: it is slow)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def sandbox_server():
+    from connectors.sandbox import Sandbox
+
+    with Sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def sandbox(sandbox_server, monkeypatch):
+    """A clean sandbox whose URLs and credentials are the only vendor settings in the environment."""
+    sandbox_server.reset()
+    for name in list(os.environ):
+        if name.startswith(VENDOR_PREFIXES):
+            monkeypatch.delenv(name)
+    for name, value in sandbox_server.env().items():
+        monkeypatch.setenv(name, value)
+    for prefix in VENDOR_PREFIXES:  # quick retries: the tests are about behaviour, not patience
+        monkeypatch.setenv(f"{prefix}BACKOFF_INITIAL", "0.02")
+        monkeypatch.setenv(f"{prefix}BACKOFF_MAX", "0.2")
+        monkeypatch.setenv(f"{prefix}RETRY_AFTER_MAX", "1")
+        monkeypatch.setenv(f"{prefix}TIMEOUT", "2")
+    yield sandbox_server
+    sandbox_server.clear_faults()

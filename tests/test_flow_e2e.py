@@ -1,0 +1,289 @@
+"""End-to-end: the flow (and the CLI) against the sandbox, CSV and Parquet, with faults."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
+
+# row_number -> (outcome, error_code) for data/sample/decisions.csv
+SAMPLE_EXPECTED = {
+    1: ("succeeded", None),
+    2: ("succeeded", None),
+    3: ("failed", "VENDOR_REJECTED"),  # alfred pay-in invoice
+    4: ("failed", "NOT_FOUND"),
+    5: ("succeeded", None),  # " Alfred ", " Approve "
+    6: ("succeeded", None),
+    7: ("succeeded", None),
+    8: ("succeeded", None),  # already approved at Accounteer: same state, success
+    9: ("rejected", "INVALID_ROW"),  # Accounteer has no cancel
+    10: ("succeeded", None),
+    11: ("succeeded", None),
+    12: ("rejected", "INVALID_ROW"),  # appzen without invoice_number
+    13: ("succeeded", None),
+    14: ("succeeded", None),
+    15: ("rejected", "INVALID_ROW"),  # modulus without invoice_number
+    16: ("rejected", "INVALID_ROW"),  # void_date in the future
+    17: ("failed", "VENDOR_REJECTED"),  # modulus refuses VOID -> SENT
+    18: ("rejected", "INVALID_ROW"),  # unknown vendor
+    19: ("rejected", "INVALID_ROW"),  # unknown decision
+    20: ("skipped", "DUPLICATE_ROW"),
+    21: ("rejected", "CONFLICTING_ROWS"),
+    22: ("rejected", "CONFLICTING_ROWS"),
+}
+SAMPLE_FINAL_STATES = {
+    ("alfred", "000123"): "approved",
+    ("alfred", "000124"): "cancelled",
+    ("alfred", "000125"): "pending",
+    ("alfred", "000126"): "approved",
+    ("alfred", "000128"): "pending",
+    ("accounteer", "ba775d2a3f9612ab288489f20ceab582f7f62fd5"): "approved",
+    ("accounteer", "2417f43fb9ec75daa3abad35f0ab9a42eebc1910"): "approved",
+    ("accounteer", "aefb526889e1059a61ecce700a3363c388a93335"): "approved",
+    ("accounteer", "b92f3b4c8013d092acf7d8b56a8eef19bbea6613"): "draft",
+    ("appzen", "75823296-4af2-4475-aafd-461c60c284e7"): "Approved",
+    ("appzen", "1c7d6a0e-3b1f-4c55-9a0e-2f4b8d7e6a11"): "Cancelled",
+    ("appzen", "5e0b1d2c-8f3a-4e7b-b1c9-0d2e3f4a5b6c"): "pending",
+    ("modulus", "35"): "STATUS_SENT",
+    ("modulus", "36"): "STATUS_VOID",
+    ("modulus", "37"): "STATUS_DRAFT",
+    ("modulus", "38"): "STATUS_SENT",
+    ("modulus", "39"): "STATUS_VOID",
+}
+ALL_VENDORS = ("alfred", "accounteer", "appzen", "modulus")
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def results_of(out_dir: Path) -> pd.DataFrame:
+    return pd.read_parquet(out_dir / "results.parquet")
+
+
+def check_sample_results(results: pd.DataFrame, sandbox) -> None:
+    assert results["row_number"].tolist() == list(range(1, 23))  # exactly one result per input row
+    got = {int(r.row_number): (r.outcome, None if pd.isna(r.error_code) else r.error_code) for r in results.itertuples()}
+    assert got == SAMPLE_EXPECTED
+    assert results["invoice_id"].iloc[0] == "000123"  # leading zeros kept
+    assert results["cost_center"].iloc[0] == "CC-100"  # extra columns pass through
+    assert results["run_id"].nunique() == 1
+    for (vendor, invoice_id), state in SAMPLE_FINAL_STATES.items():
+        assert sandbox.state(vendor, invoice_id) == state, (vendor, invoice_id)
+        assert sandbox.changes(vendor, invoice_id) <= 1
+    rejected = results[results["outcome"] == "rejected"]
+    assert (rejected["attempts"] == 0).all() and rejected["error_message"].str.len().gt(0).all()
+
+
+def test_sample_csv(sandbox, tmp_path, capsys):
+    sandbox.seed_file(SAMPLE_SANDBOX_SEED)
+    code, out, err = run(["run", str(SAMPLE_FILE), "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == EXIT_ROWS_NOT_DONE
+    results = results_of(tmp_path)
+    check_sample_results(results, sandbox)
+    # the CSV copy has the same rows, ids still text
+    csv = pd.read_csv(tmp_path / "results.csv", dtype=str)
+    assert csv["invoice_id"].tolist() == results["invoice_id"].tolist()
+    assert "results:" in out and "Traceback" not in out + err
+    # rows that were never going to be sent made no request at all
+    assert not any(path.endswith("b92f3b4c8013d092acf7d8b56a8eef19bbea6613") for _, _, path in sandbox.request_log("accounteer"))
+
+
+def test_sample_parquet(sandbox, tmp_path, capsys):
+    sandbox.seed_file(SAMPLE_SANDBOX_SEED)
+    source = pd.read_csv(SAMPLE_FILE, dtype=str, keep_default_na=False)
+    parquet = tmp_path / "decisions.parquet"
+    source.to_parquet(parquet, index=False)
+    code, _, _ = run(["run", str(parquet), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == EXIT_ROWS_NOT_DONE
+    check_sample_results(results_of(tmp_path / "out"), sandbox)
+
+
+def write_decisions(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def seeded_rows(sandbox, n: int, vendors=ALL_VENDORS) -> list[dict]:
+    """n approvals per vendor, seeded in the sandbox in their initial state."""
+    rows = []
+    for vendor in vendors:
+        for i in range(n):
+            invoice_id = {
+                "alfred": f"A{i:05d}",
+                "accounteer": f"{i:040x}",
+                "appzen": f"00000000-0000-4000-8000-{i:012x}",
+                "modulus": str(1000 + i),
+            }[vendor]
+            number = f"N-{vendor}-{i}"
+            sandbox.seed(vendor, invoice_id, invoice_number=number)
+            rows.append({"invoice_id": invoice_id, "vendor": vendor, "decision": "approve", "invoice_number": number})
+    return rows
+
+
+def test_all_succeed_exit_zero(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 30)
+    path = write_decisions(tmp_path / "ok.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--chunk-size", "7", "--no-progress"], capsys)
+    assert code == EXIT_OK
+    results = results_of(tmp_path / "out")
+    assert len(results) == 120 and (results["outcome"] == "succeeded").all()
+    assert (results["attempts"] == 1).all()
+    for row in rows:
+        assert sandbox.changes(row["vendor"], row["invoice_id"]) == 1
+
+
+@pytest.mark.parametrize(
+    "fault, kwargs, attempts",
+    [
+        ("429", {"retry_after": 0.2}, 2),
+        ("429", {}, 2),
+        ("500", {}, 2),
+        ("503", {}, 2),
+        ("drop_before", {}, 2),
+        ("drop_after", {}, 2),  # committed, then the answer was lost: the retry finds it done
+        ("slow", {"delay": 3.0}, 2),  # past the 2 s timeout; the vendor commits late
+    ],
+)
+@pytest.mark.parametrize("vendor", ALL_VENDORS)
+def test_transient_faults_are_retried_once_and_nothing_changes_twice(sandbox, tmp_path, capsys, vendor, fault, kwargs, attempts):
+    rows = seeded_rows(sandbox, 3, vendors=(vendor,))
+    target = rows[1]["invoice_id"]
+    sandbox.inject(vendor, fault, times=1, invoice_id=target, **kwargs)
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out").set_index("invoice_id")
+    assert code == EXIT_OK, results[["outcome", "error_code", "error_message"]]
+    assert (results["outcome"] == "succeeded").all()
+    assert results.loc[target, "attempts"] == attempts
+    for row in rows:
+        assert sandbox.changes(vendor, row["invoice_id"]) == 1
+
+
+@pytest.mark.parametrize("vendor", ALL_VENDORS)
+def test_persistent_5xx_exhausts_retries(sandbox, tmp_path, capsys, monkeypatch, vendor):
+    monkeypatch.setenv(f"{vendor.upper()}_MAX_ATTEMPTS", "3")
+    rows = seeded_rows(sandbox, 2, vendors=(vendor,))
+    sandbox.inject(vendor, "503", times=10, invoice_id=rows[0]["invoice_id"])
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    assert code == EXIT_ROWS_NOT_DONE
+    first = results.iloc[0]
+    assert (first.outcome, first.error_code, first.attempts, first.http_status) == ("failed", "RETRIES_EXHAUSTED", 3, 503)
+    assert results.iloc[1].outcome == "succeeded"
+    assert sandbox.changes(vendor, rows[0]["invoice_id"]) == 0
+
+
+@pytest.mark.parametrize("vendor", ALL_VENDORS)
+def test_false_success_is_a_failure(sandbox, tmp_path, capsys, vendor):
+    if vendor not in ("alfred", "modulus"):
+        pytest.skip("only alfred and modulus answer 2xx bodies that can say failure")
+    rows = seeded_rows(sandbox, 1, vendors=(vendor,))
+    sandbox.inject(vendor, "false_success", times=1)
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    result = results_of(tmp_path / "out").iloc[0]
+    assert code == EXIT_ROWS_NOT_DONE
+    assert (result.outcome, result.error_code) == ("failed", "VENDOR_REJECTED")
+    assert sandbox.changes(vendor, rows[0]["invoice_id"]) == 0
+
+
+def test_expired_modulus_token_is_renewed(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 6, vendors=("modulus",))
+    sandbox.inject("modulus", "expire_token", times=1, invoice_id=rows[3]["invoice_id"])
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == EXIT_OK
+    auths = [p for _, _, p in sandbox.request_log("modulus") if p.endswith("/Authenticate")]
+    assert len(auths) == 2
+
+
+@pytest.mark.parametrize("vendor, variable", [("alfred", "ALFRED_API_SECRET"), ("accounteer", "ACCOUNTEER_ACCESS_TOKEN"),
+                                              ("appzen", "APPZEN_CUSTOMER_KEY"), ("modulus", "MODULUS_SECRET")])
+def test_wrong_credentials_stop_the_vendor_early(sandbox, tmp_path, capsys, monkeypatch, vendor, variable):
+    rows = seeded_rows(sandbox, 40)
+    monkeypatch.setenv(variable, "wrong-value-0000")
+    monkeypatch.setenv(f"{vendor.upper()}_MAX_CONCURRENCY", "1")
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    assert code == EXIT_ROWS_NOT_DONE and len(results) == 160
+    mine = results[results["vendor"] == vendor]
+    assert (mine["error_code"] == "AUTH_FAILED").all()
+    assert len(sandbox.request_log(vendor)) == 1  # refused once, then nothing more was sent
+    assert (results[results["vendor"] != vendor]["outcome"] == "succeeded").all()
+
+
+def test_missing_settings_fail_rows_without_sending(sandbox, tmp_path, capsys, monkeypatch):
+    rows = seeded_rows(sandbox, 3)
+    monkeypatch.delenv("APPZEN_API_KEY")
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    appzen = results[results["vendor"] == "appzen"]
+    assert code == EXIT_ROWS_NOT_DONE
+    assert (appzen["error_code"] == "CONFIG_MISSING").all()
+    assert appzen["error_message"].str.contains("APPZEN_API_KEY is not set").all()
+    assert sandbox.request_log("appzen") == []
+
+
+def test_dry_run_sends_nothing(sandbox, tmp_path, capsys):
+    sandbox.seed_file(SAMPLE_SANDBOX_SEED)
+    code, _, _ = run(["run", str(SAMPLE_FILE), "--out", str(tmp_path), "--dry-run", "--no-progress"], capsys)
+    results = results_of(tmp_path)
+    assert code == EXIT_ROWS_NOT_DONE  # the sample has rejected rows
+    assert all(sandbox.request_log(v) == [] for v in ALL_VENDORS)
+    assert results.loc[results["row_number"] == 1, "error_message"].item() == "dry run: would be sent"
+
+
+def test_vendor_filter(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 2)
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--vendors", "alfred,modulus", "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    assert code == EXIT_OK
+    assert set(results[results["outcome"] == "succeeded"]["vendor"]) == {"alfred", "modulus"}
+    assert sandbox.request_log("appzen") == [] and sandbox.request_log("accounteer") == []
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("missing.csv", None, "no such file"),
+        ("garbage.csv", b"\x00\x01\x02\xff\xfe" * 200, ""),
+        ("cols.csv", b"invoice,vendor\n1,alfred\n", "invoice_id"),
+        ("notes.txt", b"invoice_id,vendor,decision\n1,alfred,approve\n", ""),
+    ],
+)
+def test_unusable_file_sends_nothing(sandbox, tmp_path, capsys, name, content, problem):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    code, out, err = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == EXIT_UNUSABLE
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(path) in lines[0] and problem in lines[0].lower()
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "out" / "results.parquet").exists()
+    assert all(sandbox.request_log(v) == [] for v in ALL_VENDORS)
+
+
+def test_validate_command(tmp_path, capsys):
+    code, out, _ = run(["validate", str(SAMPLE_FILE)], capsys)
+    assert code == EXIT_ROWS_NOT_DONE
+    assert "22 rows" in out and "row 9:" in out and "row 21:" in out
+    good = tmp_path / "good.csv"
+    shutil.copy(SAMPLE_FILE, good)
+    pd.read_csv(SAMPLE_FILE, dtype=str).iloc[[0, 1]].to_csv(good, index=False)
+    assert run(["validate", str(good)], capsys)[0] == EXIT_OK
+    assert run(["validate", str(tmp_path / "nope.csv")], capsys)[0] == EXIT_UNUSABLE
