@@ -40,6 +40,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_ROW = "INVALID_ROW"  # the row broke a validation rule
     CONFIG_MISSING = "CONFIG_MISSING"  # the vendor's settings are missing or unusable
     DUPLICATE_ROW = "DUPLICATE_ROW"  # the same decision appears earlier in the file: sent once
+    ALREADY_DONE = "ALREADY_DONE"  # an earlier run already succeeded with this decision: not sent again
     CONFLICTING_ROWS = "CONFLICTING_ROWS"  # the file holds opposite decisions for one invoice
 
 

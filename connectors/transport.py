@@ -115,14 +115,20 @@ class VendorClient:
         return self._stopped is not None
 
     def send_many(
-        self, decisions: Iterable[Decision], on_result: Callable[[RowResult], None] | None = None
+        self,
+        decisions: Iterable[Decision],
+        on_result: Callable[[Decision, RowResult], None] | None = None,
     ) -> list[RowResult]:
-        """Send decisions concurrently (up to the vendor's max concurrency); results in input order."""
+        """Send decisions concurrently (up to the vendor's max concurrency); results in input order.
+
+        `on_result` runs in the sending thread right after each answer, before that thread
+        sends anything else (the ledger relies on this).
+        """
 
         def one(decision: Decision) -> RowResult:
             result = self.send(decision)
             if on_result is not None:
-                on_result(result)
+                on_result(decision, result)
             return result
 
         return list(self._pool.map(one, decisions))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE = 0, 1, 2
+NOTHING_SENT_STATES = ("UnusableFile", "ValidationUnavailable")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_FILE = REPO_ROOT / "data" / "sample" / "decisions.csv"
 SAMPLE_SANDBOX_SEED = REPO_ROOT / "data" / "sample" / "sandbox_invoices.csv"
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="read, validate and plan; send nothing")
     run.add_argument("--vendors", help="comma-separated vendors to include (default: all)")
     run.add_argument("--chunk-size", type=int, default=None, help="decisions per Prefect task")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="send again the decisions an earlier run saw fail permanently")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     validate = sub.add_parser("validate", help="check FILE without sending anything")
@@ -68,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo_command(args.out)
     vendors = [v.strip().lower() for v in args.vendors.split(",") if v.strip()] if args.vendors else None
-    return run_command(args.file, args.out, dry_run=args.dry_run, vendors=vendors,
-                       chunk_size=args.chunk_size, show_progress=False if args.no_progress else None)
+    return run_command(args.file, args.out, dry_run=args.dry_run, vendors=vendors, chunk_size=args.chunk_size,
+                       retry_failed=args.retry_failed, show_progress=False if args.no_progress else None)
 
 
 def run_command(path: str, out: str, *, dry_run: bool = False, vendors: list[str] | None = None,
-                chunk_size: int | None = None, show_progress: bool | None = None) -> int:
+                chunk_size: int | None = None, retry_failed: bool = False, show_progress: bool | None = None) -> int:
     """Run the flow on one file and print what happened."""
     from connectors import VENDORS
     from connectors.redact import install_log_redaction
@@ -86,9 +89,10 @@ def run_command(path: str, out: str, *, dry_run: bool = False, vendors: list[str
 
     install_log_redaction()
     state = sync_decisions(path, out_dir=out, dry_run=dry_run, vendors=vendors,
-                           chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, show_progress=show_progress,
+                           chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, retry_failed=retry_failed,
+                           show_progress=show_progress,
                            return_state=True)
-    if state.name == "UnusableFile":
+    if state.name in NOTHING_SENT_STATES:
         print(f"invoice-sync: {state.message}", file=sys.stderr)
         return EXIT_UNUSABLE
     summary = state.result(raise_on_failure=False)
@@ -125,14 +129,18 @@ def validate_command(path: str, show: int) -> int:
 
     from flows.planning import plan_rows
     from flows.reader import UnusableFile, read_decisions
-    from flows.validation import validate_decisions
+    from flows.validation import SuiteError, ValidationError, validate_decisions
 
     try:
         frame = read_decisions(path)
     except UnusableFile as exc:
         print(f"invoice-sync: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
-    report = validate_decisions(frame)
+    try:
+        report = validate_decisions(frame)
+    except (SuiteError, ValidationError) as exc:
+        print(f"invoice-sync: validation could not run: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
     plan_ = plan_rows(frame, report.row_errors)
     rejected = np.flatnonzero(plan_.outcome == "rejected")
     held = list(zip(frame["row_number"].to_numpy()[rejected].tolist(), plan_.error_message[rejected]))
@@ -147,11 +155,16 @@ def validate_command(path: str, show: int) -> int:
 
 def demo_command(out: str) -> int:
     """Start the sandbox, point every vendor at it, run the sample file."""
+    import tempfile
+
     from connectors.sandbox import Sandbox
 
-    with Sandbox() as sandbox:
+    # A new sandbox knows nothing of earlier demos: give this demo a ledger of its own too.
+    with Sandbox() as sandbox, tempfile.TemporaryDirectory(prefix="invoice-sync-demo-") as state:
         sandbox.seed_file(SAMPLE_SANDBOX_SEED)
         os.environ.update(sandbox.env())
+        os.environ["INVOICE_SYNC_STATE_DIR"] = state
+        os.environ.pop("INVOICE_SYNC_LEDGER_URL", None)
         print(f"sandbox serving the four vendor APIs at {sandbox.url}")
         code = run_command(str(SAMPLE_FILE), out, show_progress=False)
     if code == EXIT_ROWS_NOT_DONE:

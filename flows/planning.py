@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from connectors.base import Decision, ErrorCode, Outcome
+from connectors.transport import RowResult
 
 KEY = ["vendor", "invoice_id"]
 
@@ -26,6 +27,7 @@ class Plan:
     error_code: np.ndarray  # object: ErrorCode value or None
     error_message: np.ndarray  # object: str
     to_send: dict[str, np.ndarray] = field(default_factory=dict)  # vendor -> row positions
+    previous_run_id: np.ndarray | None = None  # object: the earlier run a row's outcome comes from
 
     @property
     def send_count(self) -> int:
@@ -114,3 +116,57 @@ def decisions_for(frame: pd.DataFrame, positions: np.ndarray) -> list[Decision]:
 
 def _text(value) -> str | None:
     return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def apply_history(frame: pd.DataFrame, plan: Plan, history: pd.DataFrame, *, retry_failed: bool = False) -> list[RowResult]:
+    """Use the ledger: skip what already succeeded, report permanent failures again without a call.
+
+    Only an identical decision (same payload) counts as done; a changed decision is sent.
+    Returns the results of permanent failures reported again (attempts 0).
+    """
+    plan.previous_run_id = np.full(len(frame), None, dtype=object)
+    if history.empty or not plan.send_count:
+        return []
+    positions = np.concatenate(list(plan.to_send.values()))
+    part = frame.iloc[positions]
+    blank = pd.Series("", index=part.index, dtype="string")
+    payload = (
+        part["decision"].astype("string") + "|"
+        + part.get("invoice_number", blank).astype("string").fillna("") + "|"
+        + part.get("void_date", blank).astype("string").fillna("")
+    )
+    keys = pd.DataFrame({
+        "position": positions,
+        "vendor": part["vendor"].astype(str).to_numpy(),
+        "invoice_id": part["invoice_id"].astype(str).to_numpy(),
+        "sending": payload.astype(str).to_numpy(),
+    })
+    merged = keys.merge(history, on=["vendor", "invoice_id"], how="inner")
+    merged = merged[merged["sending"] == merged["payload"]]
+    done = merged[merged["state"] == "succeeded"]
+    at = pd.to_datetime(done["updated_at"], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S UTC")
+    idx = done["position"].to_numpy()
+    plan.outcome[idx] = Outcome.SKIPPED.value
+    plan.error_code[idx] = ErrorCode.ALREADY_DONE.value
+    plan.error_message[idx] = ("already succeeded in run " + done["run_id"] + " at " + at).tolist()
+    plan.previous_run_id[idx] = done["run_id"].tolist()
+
+    reported: list[RowResult] = []
+    if not retry_failed:
+        failed = merged[merged["state"] == "failed_permanent"]
+        row_numbers = frame["row_number"].to_numpy()
+        for f in failed.itertuples(index=False):
+            plan.outcome[f.position] = Outcome.FAILED.value
+            plan.previous_run_id[f.position] = f.run_id
+            reported.append(RowResult(
+                int(row_numbers[f.position]), Outcome.FAILED,
+                None if pd.isna(f.http_status) else int(f.http_status),
+                ErrorCode(f.error_code) if f.error_code else ErrorCode.VENDOR_REJECTED,
+                None if pd.isna(f.vendor_error_code) else f.vendor_error_code,
+                f"reported again from run {f.run_id}, not re-sent (--retry-failed sends it): {f.error_message}",
+                0, pd.Timestamp(f.updated_at).to_pydatetime(),
+            ))
+    settled = np.flatnonzero(plan.outcome != None)  # noqa: E711
+    plan.to_send = {v: p[~np.isin(p, settled)] for v, p in plan.to_send.items()}
+    plan.to_send = {v: p for v, p in plan.to_send.items() if len(p)}
+    return reported

@@ -27,6 +27,7 @@ RESULT_COLUMNS = [
     "attempts",
     "finished_at",
     "run_id",
+    "previous_run_id",
 ]
 
 
@@ -98,7 +99,9 @@ def assemble_results(
     result["error_message"] = pd.array(message, dtype="string")
     result["attempts"] = attempts
     result["finished_at"] = pd.to_datetime(pd.Series(finished, index=result.index), utc=True)
-    result["run_id"] = run_id
+    result["run_id"] = pd.array([run_id] * n, dtype="string")
+    previous = plan.previous_run_id if plan.previous_run_id is not None else np.full(n, None, dtype=object)
+    result["previous_run_id"] = pd.array(previous, dtype="string")
     passthrough = [c for c in frame.columns if c not in LEAD_COLUMNS]
     return pd.concat([result, frame[passthrough]], axis=1)
 

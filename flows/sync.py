@@ -25,11 +25,12 @@ from connectors import CONNECTORS
 from connectors.base import ErrorCode, Outcome
 from connectors.settings import VendorSettings
 from connectors.transport import RowResult, VendorClient
-from flows.planning import Plan, decisions_for, plan_rows
+from flows.ledger import Ledger
+from flows.planning import Plan, apply_history, decisions_for, plan_rows
 from flows.progress import RunProgress
 from flows.reader import UnusableFile, read_decisions
 from flows.results import RunSummary, assemble_results, summarize, write_results
-from flows.validation import ValidationReport, validate_decisions
+from flows.validation import SuiteError, ValidationError, ValidationReport, validate_decisions
 
 DEFAULT_CHUNK_SIZE = 500
 CHUNKS_IN_FLIGHT_PER_VENDOR = 2  # the next chunk is ready when one ends: no idle gap per vendor
@@ -46,9 +47,12 @@ def read_file(path: str) -> pd.DataFrame | UnusableFile:
 
 
 @task(cache_policy=NO_CACHE)
-def validate(frame: pd.DataFrame) -> ValidationReport:
-    """Run the Great Expectations suite over the decisions."""
-    report = validate_decisions(frame)
+def validate(frame: pd.DataFrame) -> ValidationReport | SuiteError | ValidationError:
+    """Run the Great Expectations suite over the decisions, or say why it could not run."""
+    try:
+        report = validate_decisions(frame)
+    except (SuiteError, ValidationError) as exc:  # no rules, no sending: nothing goes out unchecked
+        return exc
     if report.row_errors:
         get_run_logger().warning("%d rows break validation rules and will not be sent", len(report.row_errors))
     return report
@@ -58,6 +62,17 @@ def validate(frame: pd.DataFrame) -> ValidationReport:
 def plan(frame: pd.DataFrame, report: ValidationReport, vendors: list[str] | None) -> Plan:
     """Decide each row's fate before sending: rejected, duplicate, conflicting, or to send."""
     return plan_rows(frame, report.row_errors, vendors)
+
+
+@task(cache_policy=NO_CACHE)
+def consult_ledger(frame: pd.DataFrame, plan_: Plan, ledger: Ledger, retry_failed: bool) -> list[RowResult]:
+    """Skip decisions that already succeeded; report known permanent failures without a call."""
+    reported = apply_history(frame, plan_, ledger.lookup(sorted(plan_.to_send)), retry_failed=retry_failed)
+    skipped = int((plan_.error_code == ErrorCode.ALREADY_DONE.value).sum())
+    if skipped or reported:
+        get_run_logger().info("ledger %s: %d already succeeded, %d permanent failures reported again",
+                              ledger.describe(), skipped, len(reported))
+    return reported
 
 
 @task(cache_policy=NO_CACHE)
@@ -76,10 +91,16 @@ def open_clients(vendors: list[str], environ: Mapping[str, str] | None = None) -
 
 
 @task(cache_policy=NO_CACHE)
-def send_chunk(client: VendorClient, frame: pd.DataFrame, positions: np.ndarray, progress: RunProgress) -> list[RowResult]:
-    """Send one chunk of one vendor's decisions and return a result per decision."""
-    decisions = decisions_for(frame, positions)
-    return client.send_many(decisions, on_result=lambda _: progress.advance(client.vendor))
+def send_chunk(
+    client: VendorClient, frame: pd.DataFrame, positions: np.ndarray, ledger: Ledger, run_id: str, progress: RunProgress
+) -> list[RowResult]:
+    """Send one chunk of one vendor's decisions, recording each answer in the ledger as it comes."""
+
+    def answered(decision, result: RowResult) -> None:
+        ledger.record(decision, result, run_id)
+        progress.advance(client.vendor)
+
+    return client.send_many(decisions_for(frame, positions), on_result=answered)
 
 
 def unconfigured_results(frame: pd.DataFrame, positions: np.ndarray, settings: VendorSettings) -> list[RowResult]:
@@ -123,6 +144,7 @@ def sync_decisions(
     dry_run: bool = False,
     vendors: list[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    retry_failed: bool = False,
     show_progress: bool | None = None,
 ) -> RunSummary:
     """Send every valid decision in `path` to its vendor and write one result row per input row."""
@@ -135,12 +157,18 @@ def sync_decisions(
         logger.info("nothing sent: %s", frame)  # the state says it; the terminal gets one line
         return Failed(name="UnusableFile", message=str(frame))
     report = validate(frame)
+    if not isinstance(report, ValidationReport):
+        logger.info("nothing sent: validation could not run: %s", report)
+        return Failed(name="ValidationUnavailable", message=f"nothing sent: validation could not run: {report}")
     plan_ = plan(frame, report, vendors)
-    logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
-
-    sent: list[RowResult] = []
-    if not dry_run and plan_.send_count:
-        sent = dispatch(frame, plan_, chunk_size, show_progress)
+    ledger = Ledger.open()
+    try:
+        sent = consult_ledger(frame, plan_, ledger, retry_failed)
+        logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
+        if not dry_run and plan_.send_count:
+            sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress)
+    finally:
+        ledger.close()
 
     results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run)
     parquet_path, csv_path = write_results(results, out_dir)
@@ -153,7 +181,9 @@ def sync_decisions(
     return Failed(name="RowsNotDone", message=summary.counts_text(), data=summary)
 
 
-def dispatch(frame: pd.DataFrame, plan_: Plan, chunk_size: int, show_progress: bool | None) -> list[RowResult]:
+def dispatch(
+    frame: pd.DataFrame, plan_: Plan, chunk_size: int, ledger: Ledger, run_id: str, show_progress: bool | None
+) -> list[RowResult]:
     """Send all planned rows, vendors in parallel, chunks in lanes; one result per row."""
     clients = open_clients(sorted(plan_.to_send))
     configured = {v: p for v, p in plan_.to_send.items() if isinstance(clients[v], VendorClient)}
@@ -167,7 +197,7 @@ def dispatch(frame: pd.DataFrame, plan_: Plan, chunk_size: int, show_progress: b
 
     def submit(vendor: str, positions: np.ndarray):
         return send_chunk.with_options(task_run_name=f"send-{vendor}-rows-{positions[0] + 1}").submit(
-            clients[vendor], frame, positions, progress
+            clients[vendor], frame, positions, ledger, run_id, progress
         )
 
     try:

@@ -47,3 +47,11 @@ def sandbox(sandbox_server, monkeypatch):
         monkeypatch.setenv(f"{prefix}TIMEOUT", "2")
     yield sandbox_server
     sandbox_server.clear_faults()
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch):
+    """Every test gets its own ledger: no test sees another's history."""
+    monkeypatch.setenv("INVOICE_SYNC_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("INVOICE_SYNC_LEDGER_URL", raising=False)
+    return tmp_path / "state"

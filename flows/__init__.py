@@ -1,0 +1,1 @@
+"""invoice-sync flows: read, validate and send accounts-payable decisions."""

@@ -1,0 +1,164 @@
+"""The durable ledger: each decision's last outcome at its vendor, recorded as it happens.
+
+A row is written only after the vendor answered (so "succeeded" always means the vendor said
+so), synchronously, before the next decision of that sending thread goes out: after a crash,
+`kill -9` included, only the requests that were in flight are unknown, and a rerun sends
+exactly those again (vendors treat "already in that state" as success, so that is safe).
+
+Keyed by vendor and invoice, with the `payload` that was sent (decision, invoice_number,
+void_date): a changed decision for the same invoice is a new decision and is sent.
+
+Default store: SQLite under `INVOICE_SYNC_STATE_DIR` (default `data/state/`). Several workers
+share one ledger through PostgreSQL: set `INVOICE_SYNC_LEDGER_URL`
+(`postgresql+psycopg://user:pass@host/db`).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connectors.base import Decision, ErrorCode, Outcome
+from connectors.redact import redact
+from connectors.transport import RowResult
+
+DEFAULT_STATE_DIR = "data/state"
+LEDGER_FILE = "ledger.sqlite"
+
+# Failures worth sending again on a rerun: the vendor never said no to the decision itself.
+TRANSIENT_CODES = frozenset(
+    {ErrorCode.RETRIES_EXHAUSTED, ErrorCode.RATE_LIMITED, ErrorCode.AUTH_FAILED, ErrorCode.BAD_RESPONSE}
+)
+
+
+class LedgerState(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED_TRANSIENT = "failed_transient"  # sent again on the next run
+    FAILED_PERMANENT = "failed_permanent"  # reported again without a call, unless asked
+
+
+metadata = sa.MetaData()
+decisions_table = sa.Table(
+    "decision_ledger",
+    metadata,
+    sa.Column("vendor", sa.String(32), primary_key=True),
+    sa.Column("invoice_id", sa.String(256), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("http_status", sa.Integer),
+    sa.Column("error_code", sa.String(32)),
+    sa.Column("vendor_error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def payload_of(decision: str, invoice_number: str | None, void_date: str | None) -> str:
+    """What was sent, as one comparable text."""
+    return f"{decision}|{invoice_number or ''}|{void_date or ''}"
+
+
+def ledger_url(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    url = env.get("INVOICE_SYNC_LEDGER_URL", "").strip()
+    if url:
+        return url
+    state_dir = Path(env.get("INVOICE_SYNC_STATE_DIR", "").strip() or DEFAULT_STATE_DIR)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(state_dir / LEDGER_FILE).resolve()}"
+
+
+class Ledger:
+    """One ledger store; thread-safe. Open it per run, close it at the end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+        self._insert = sqlite.insert if self.is_sqlite else postgresql.insert
+        # SQLite has one writer at a time: serialise ours instead of waiting on its busy lock.
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        metadata.create_all(self.engine)
+
+    @classmethod
+    def open(cls, environ: Mapping[str, str] | None = None) -> "Ledger":
+        return cls(ledger_url(environ))
+
+    def describe(self) -> str:
+        """Where the ledger lives, without a password."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def lookup(self, vendors: Iterable[str]) -> pd.DataFrame:
+        """Every ledger row of these vendors (one query per vendor, merged by the caller)."""
+        columns = [c.name for c in decisions_table.columns]
+        frames = []
+        with self.engine.connect() as conn:
+            for vendor in vendors:
+                rows = conn.execute(sa.select(decisions_table).where(decisions_table.c.vendor == vendor)).all()
+                if rows:
+                    frames.append(pd.DataFrame(rows, columns=columns))
+        if not frames:
+            return pd.DataFrame(columns=columns)
+        return pd.concat(frames, ignore_index=True)
+
+    def record(self, decision: Decision, result: RowResult, run_id: str) -> None:
+        """Write one decision's outcome (only for decisions that were actually sent)."""
+        if result.attempts == 0 or result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            return
+        if result.outcome is Outcome.SUCCEEDED:
+            state = LedgerState.SUCCEEDED
+        elif result.error_code in TRANSIENT_CODES:
+            state = LedgerState.FAILED_TRANSIENT
+        else:
+            state = LedgerState.FAILED_PERMANENT
+        values = dict(
+            vendor=decision.vendor,
+            invoice_id=decision.invoice_id,
+            payload=payload_of(decision.decision, decision.invoice_number, decision.void_date),
+            state=state.value,
+            http_status=result.http_status,
+            error_code=result.error_code.value if result.error_code else None,
+            vendor_error_code=result.vendor_error_code,
+            error_message=redact(result.error_message or ""),
+            attempts=result.attempts,
+            run_id=run_id,
+            updated_at=result.finished_at or datetime.now(timezone.utc),
+        )
+        statement = self._insert(decisions_table).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["vendor", "invoice_id"],
+            set_={k: v for k, v in values.items() if k not in ("vendor", "invoice_id")},
+        )
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                conn.execute(statement)
+        else:
+            with self._write_lock, self.engine.begin() as conn:
+                conn.execute(statement)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL + synchronous=NORMAL: a commit survives the process being killed (not a power cut),
+    # and readers never block the writer.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
