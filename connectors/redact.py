@@ -58,12 +58,16 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_redaction() -> None:
-    """Attach the redacting filter to every handler of the root and prefect loggers."""
+    """Attach the redacting filter to every handler of every logger configured so far.
+
+    Handler filters see every record a handler emits, propagated ones included (a logger's own
+    filters do not), and Prefect's flow- and task-run loggers have API handlers of their own.
+    """
     flt = RedactingFilter()
-    for name in ("", "prefect", "urllib3", "invoice_sync"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(flt)
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
         for handler in logger.handlers:
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):
                 handler.addFilter(flt)

@@ -22,7 +22,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 from tenacity.wait import wait_base
 
 from connectors.base import Action, Connector, Decision, ErrorCode, Outcome, Request, Verdict
-from connectors.ratelimit import RateLimiter
+from connectors.ratelimit import GlobalRateLimiter, RateLimiter, limiter_for
 from connectors.redact import redact
 
 USER_AGENT = "invoice-sync/0.1"
@@ -48,6 +48,7 @@ class Attempt:
 
     verdict: Verdict
     http_status: int | None
+    sent: bool = True  # False: the vendor had been stopped, so this try sent nothing
 
 
 class BackoffWait(wait_base):
@@ -78,7 +79,7 @@ class VendorClient:
         self,
         connector: Connector,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | GlobalRateLimiter | None = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
@@ -87,7 +88,7 @@ class VendorClient:
         self.vendor = connector.name
         self.settings = settings
         self.base_url = settings.base_url or ""
-        self.limiter = limiter or RateLimiter(settings.rate_limit)
+        self.limiter = limiter or limiter_for(settings)
         self.auth = connector.make_auth()
         self.session = session or _pooled_session(settings.max_concurrency)
         self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix=f"send-{self.vendor}")
@@ -144,6 +145,8 @@ class VendorClient:
         retrying = self._retrying.copy()
         attempt: Attempt = retrying(self._attempt, request)
         attempts = retrying.statistics.get("attempt_number", 1)
+        if not attempt.sent:  # another row found the credentials refused while this one waited
+            return self._not_sent(decision, attempts - 1)
         if attempt.verdict.action is Action.STOP:
             self._stop(decision, attempt.verdict)
         return self._result(decision, attempt, attempts)
@@ -157,6 +160,8 @@ class VendorClient:
         return attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is None
 
     def _attempt(self, request: Request) -> Attempt:
+        if self._stopped is not None:  # checked after every backoff too: no request after a stop
+            return Attempt(self._stopped[1], None, sent=False)
         try:
             authed = self.auth.apply(request, self._send_raw)
             response = self._send_raw(authed)
@@ -185,15 +190,17 @@ class VendorClient:
             if self._stopped is None:
                 self._stopped = (decision.row_number, verdict)
 
-    def _not_sent(self, decision: Decision) -> RowResult:
+    def _not_sent(self, decision: Decision, attempts: int = 0) -> RowResult:
+        """A row the vendor's stop caught before it was sent, or between two of its tries."""
         row, verdict = self._stopped  # type: ignore[misc]
-        message = f"not sent: {self.vendor} refused our credentials at row {row} ({verdict.message})"
+        what = "not sent" if attempts == 0 else f"retries stopped after {attempts} attempts"
+        message = f"{what}: {self.vendor} refused our credentials at row {row} ({verdict.message})"
         return RowResult(
             decision.row_number,
             Outcome.FAILED,
             error_code=verdict.error_code or ErrorCode.AUTH_FAILED,
             error_message=redact(message),
-            attempts=0,
+            attempts=attempts,
             finished_at=datetime.now(timezone.utc),
         )
 

@@ -23,6 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors import CONNECTORS
 from connectors.base import ErrorCode, Outcome
+from connectors.redact import install_log_redaction
 from connectors.settings import VendorSettings
 from connectors.transport import RowResult, VendorClient
 from flows.ledger import Ledger
@@ -30,7 +31,8 @@ from flows.planning import Plan, apply_history, decisions_for, plan_rows
 from flows.progress import RunProgress
 from flows.reader import UnusableFile, read_decisions
 from flows.results import RunSummary, assemble_results, summarize, write_results
-from flows.validation import SuiteError, ValidationError, ValidationReport, validate_decisions
+from flows.secrets import settings_environ
+from flows.validation import SuiteError, ValidationError, ValidationReport, validate_decisions, write_data_docs
 
 DEFAULT_CHUNK_SIZE = 500
 CHUNKS_IN_FLIGHT_PER_VENDOR = 2  # the next chunk is ready when one ends: no idle gap per vendor
@@ -146,9 +148,11 @@ def sync_decisions(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     retry_failed: bool = False,
     show_progress: bool | None = None,
+    settings_from_blocks: bool = False,
 ) -> RunSummary:
     """Send every valid decision in `path` to its vendor and write one result row per input row."""
     started = time.monotonic()
+    install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "local")
 
@@ -166,7 +170,7 @@ def sync_decisions(
         sent = consult_ledger(frame, plan_, ledger, retry_failed)
         logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
         if not dry_run and plan_.send_count:
-            sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress)
+            sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks)
     finally:
         ledger.close()
 
@@ -174,6 +178,10 @@ def sync_decisions(
     parquet_path, csv_path = write_results(results, out_dir)
     summary = summarize(results, run_id, path, dry_run=dry_run)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
+    try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
+        summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
+    except Exception as exc:
+        logger.warning("validation report not written: %s", exc)
     summary.seconds = time.monotonic() - started
     publish(summary)
     if summary.all_done:
@@ -182,10 +190,14 @@ def sync_decisions(
 
 
 def dispatch(
-    frame: pd.DataFrame, plan_: Plan, chunk_size: int, ledger: Ledger, run_id: str, show_progress: bool | None
+    frame: pd.DataFrame, plan_: Plan, chunk_size: int, ledger: Ledger, run_id: str, show_progress: bool | None,
+    settings_from_blocks: bool = False,
 ) -> list[RowResult]:
     """Send all planned rows, vendors in parallel, chunks in lanes; one result per row."""
-    clients = open_clients(sorted(plan_.to_send))
+    vendors = sorted(plan_.to_send)
+    # Deployments: settings missing from the environment come from Prefect Secret blocks.
+    environ = settings_environ(vendors, log=get_run_logger()) if settings_from_blocks else None
+    clients = open_clients(vendors, environ)
     configured = {v: p for v, p in plan_.to_send.items() if isinstance(clients[v], VendorClient)}
     sent: list[RowResult] = []
     for vendor, positions in plan_.to_send.items():
@@ -231,6 +243,8 @@ def publish(summary: RunSummary) -> None:
                 f"- rows: {summary.rows} ({summary.counts_text()})" + (" — dry run, nothing sent" if summary.dry_run else ""),
                 f"- took: {summary.seconds:.1f} s",
                 f"- results: `{summary.results_path}` (and `{summary.csv_path}`)",
+                *([f"- validation report (Great Expectations Data Docs): `{summary.extra['validation_report']}`"]
+                  if summary.extra.get("validation_report") else []),
             ]
         ),
         key="invoice-sync-run",

@@ -164,3 +164,15 @@ def test_limiter_spaces_requests():
     assert slept == pytest.approx([interval, 2 * interval, 3 * interval, 4 * interval])
     limiter.pause(5)
     assert limiter.acquire() == pytest.approx(5.0)
+
+
+
+def test_a_row_waiting_to_retry_sends_nothing_once_another_row_stopped_the_vendor():
+    unauthorized = (401, {"statusCode": 401, "message": "Unauthorized"})
+    c, session, _ = client_for("alfred", [(503, None), unauthorized])
+    # While row 1 backs off after its 503, row 2 is refused: row 1 must not try again.
+    c._retrying.sleep = lambda seconds: c.send(decision(2, invoice_id="2"))
+    result = c.send(decision(1))
+    assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.AUTH_FAILED, 1)
+    assert result.error_message.startswith("retries stopped after 1 attempts: alfred refused our credentials at row 2")
+    assert len(session.calls) == 2

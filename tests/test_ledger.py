@@ -1,0 +1,281 @@
+"""The ledger: reruns send only what is not done, a kill -9 loses nothing, PostgreSQL works too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from connectors.base import Decision, ErrorCode, Outcome
+from connectors.transport import RowResult
+from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, main
+from flows.ledger import Ledger, ledger_url
+
+ALL_VENDORS = ("alfred", "accounteer", "appzen", "modulus")
+NOW = datetime(2026, 11, 30, 18, 0, tzinfo=timezone.utc)
+
+
+def result(row, outcome, code=None, attempts=1, status=200):
+    return RowResult(row, outcome, status, code, None, "msg", attempts, NOW)
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+def exercise_store(ledger: Ledger) -> None:
+    d1 = Decision(1, "000123", "alfred", "approve")
+    d2 = Decision(2, "000124", "alfred", "cancel")
+    d3 = Decision(3, "000125", "alfred", "approve")
+    d4 = Decision(4, "000126", "alfred", "approve")
+    ledger.record(d1, result(1, Outcome.SUCCEEDED), "run-1")
+    ledger.record(d2, result(2, Outcome.FAILED, ErrorCode.NOT_FOUND, status=404), "run-1")
+    ledger.record(d3, result(3, Outcome.FAILED, ErrorCode.RETRIES_EXHAUSTED, attempts=5, status=503), "run-1")
+    ledger.record(d4, result(4, Outcome.FAILED, ErrorCode.AUTH_FAILED, attempts=0, status=None), "run-1")  # never sent
+    rows = ledger.lookup(["alfred"]).set_index("invoice_id")
+    assert rows.loc["000123", "state"] == "succeeded" and rows.loc["000123", "payload"] == "approve||"
+    assert rows.loc["000124", "state"] == "failed_permanent"
+    assert rows.loc["000125", "state"] == "failed_transient"
+    assert "000126" not in rows.index  # attempts 0: nothing was sent, nothing to remember
+    # the latest answer wins
+    ledger.record(d3, result(3, Outcome.SUCCEEDED), "run-2")
+    rows = ledger.lookup(["alfred", "modulus"]).set_index("invoice_id")
+    assert rows.loc["000125", "state"] == "succeeded" and rows.loc["000125", "run_id"] == "run-2"
+    assert len(rows) == 3
+
+
+def test_sqlite_store(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    try:
+        exercise_store(ledger)
+    finally:
+        ledger.close()
+
+
+def test_default_location_follows_state_dir(tmp_path):
+    url = ledger_url({"INVOICE_SYNC_STATE_DIR": str(tmp_path / "st")})
+    assert url == f"sqlite:///{tmp_path / 'st' / 'ledger.sqlite'}" and (tmp_path / "st").is_dir()
+    assert ledger_url({"INVOICE_SYNC_LEDGER_URL": "postgresql+psycopg://u@h/db"}) == "postgresql+psycopg://u@h/db"
+
+
+# -- reruns ------------------------------------------------------------------------------------
+
+def run(args, capsys):
+    code = main(args + ["--no-progress"])
+    capsys.readouterr()
+    return code
+
+
+def seeded(sandbox, vendor, ids, **seed):
+    rows = []
+    for i in ids:
+        invoice_id = {"alfred": f"A{i:05d}", "accounteer": f"{i:040x}",
+                      "appzen": f"00000000-0000-4000-8000-{i:012x}", "modulus": str(1000 + i)}[vendor]
+        sandbox.seed(vendor, invoice_id, invoice_number=f"N{i}", **seed)
+        rows.append({"invoice_id": invoice_id, "vendor": vendor, "decision": "approve", "invoice_number": f"N{i}"})
+    return rows
+
+
+def changing_requests(sandbox, vendor):
+    return [p for _, m, p in sandbox.request_log(vendor) if not p.endswith("/Authenticate")]
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_rerun_sends_only_what_is_not_done(sandbox, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ALFRED_MAX_ATTEMPTS", "2")
+    rows = seeded(sandbox, "alfred", range(6))
+    rows.append({"invoice_id": "A99999", "vendor": "alfred", "decision": "approve"})  # unknown: permanent failure
+    sandbox.inject("alfred", "503", times=2, invoice_id=rows[1]["invoice_id"])  # transient, retries run out
+    path = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+    assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_ROWS_NOT_DONE
+    first = pd.read_parquet(tmp_path / "r1" / "results.parquet").set_index("invoice_id")
+    run1 = first["run_id"].iloc[0]
+    assert first.loc["A00001", "error_code"] == "RETRIES_EXHAUSTED"
+    assert first.loc["A99999", "error_code"] == "NOT_FOUND"
+    sent_before = len(changing_requests(sandbox, "alfred"))
+
+    assert run(["run", str(path), "--out", str(tmp_path / "r2")], capsys) == EXIT_ROWS_NOT_DONE
+    second = pd.read_parquet(tmp_path / "r2" / "results.parquet").set_index("invoice_id")
+    # successes come back skipped, naming the run that did them
+    done = second.drop(index=["A00001", "A99999"])
+    assert (done["outcome"] == "skipped").all() and (done["error_code"] == "ALREADY_DONE").all()
+    assert (done["previous_run_id"] == run1).all() and (done["attempts"] == 0).all()
+    # the transient failure is tried again and now succeeds
+    assert second.loc["A00001", "outcome"] == "succeeded" and second.loc["A00001", "attempts"] == 1
+    # the permanent failure is reported again, without a call
+    again = second.loc["A99999"]
+    assert (again["outcome"], again["error_code"], again["attempts"]) == ("failed", "NOT_FOUND", 0)
+    assert again["previous_run_id"] == run1 and "not re-sent" in again["error_message"]
+    assert len(changing_requests(sandbox, "alfred")) == sent_before + 1  # only A00001
+
+    # --retry-failed asks the vendor again
+    assert run(["run", str(path), "--out", str(tmp_path / "r3"), "--retry-failed"], capsys) == EXIT_ROWS_NOT_DONE
+    third = pd.read_parquet(tmp_path / "r3" / "results.parquet").set_index("invoice_id")
+    assert third.loc["A99999", "attempts"] == 1
+    assert len(changing_requests(sandbox, "alfred")) == sent_before + 2
+    for row in rows[:6]:
+        assert sandbox.changes("alfred", row["invoice_id"]) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_a_changed_decision_is_sent(sandbox, tmp_path, capsys):
+    sandbox.seed("modulus", "35", invoice_number="INV_1")
+    path = tmp_path / "d.csv"
+    pd.DataFrame([{"invoice_id": "35", "vendor": "modulus", "decision": "approve", "invoice_number": "INV_1"}]).to_csv(path, index=False)
+    assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_OK
+    pd.DataFrame([{"invoice_id": "35", "vendor": "modulus", "decision": "cancel", "invoice_number": "INV_1"}]).to_csv(path, index=False)
+    assert run(["run", str(path), "--out", str(tmp_path / "r2")], capsys) == EXIT_OK
+    assert pd.read_parquet(tmp_path / "r2" / "results.parquet")["outcome"].item() == "succeeded"
+    assert sandbox.state("modulus", "35") == "STATUS_VOID"
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_dry_run_consults_the_ledger_without_writing(sandbox, tmp_path, capsys):
+    rows = seeded(sandbox, "accounteer", range(4))
+    path = tmp_path / "d.csv"
+    pd.DataFrame(rows[:2]).to_csv(path, index=False)
+    assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_OK
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert run(["run", str(path), "--out", str(tmp_path / "r2"), "--dry-run"], capsys) == EXIT_OK
+    dry = pd.read_parquet(tmp_path / "r2" / "results.parquet")
+    assert dry["error_code"].tolist()[:2] == ["ALREADY_DONE"] * 2
+    assert dry["error_message"].tolist()[2:] == ["dry run: would be sent"] * 2
+    assert len(changing_requests(sandbox, "accounteer")) == 2
+
+
+# -- kill -9 -----------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(args, env, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env, cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_kill_9_mid_run_then_rerun_sends_each_decision_once(sandbox, tmp_path, state_dir):
+    from prefect.settings import PREFECT_API_URL
+
+    rows = []
+    for vendor in ALL_VENDORS:
+        rows += seeded(sandbox, vendor, range(60))
+    path = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    env = {**os.environ, "INVOICE_SYNC_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
+    concurrency = 4
+    for vendor in ALL_VENDORS:  # slow enough to be killed halfway: 60 rows at 20/s per vendor
+        env[f"{vendor.upper()}_RATE_LIMIT"] = "20"
+        env[f"{vendor.upper()}_MAX_CONCURRENCY"] = str(concurrency)
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the session's test server: no second start-up
+    out = tmp_path / "crashed"
+    proc = _cli(["run", str(path), "--out", str(out), "--no-progress"], env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum(len(changing_requests(sandbox, v)) for v in ALL_VENDORS) < 80:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sent_at_crash = sum(len(changing_requests(sandbox, v)) for v in ALL_VENDORS)
+    assert 0 < sent_at_crash < len(rows)
+    assert not (out / "results.parquet").exists()  # a crashed run leaves no complete-looking results
+
+    rerun = _cli(["run", str(path), "--out", str(tmp_path / "rerun"), "--no-progress"], env)
+    stdout, stderr = rerun.communicate(timeout=240)
+    assert rerun.returncode == EXIT_OK, stderr.decode()[-2000:]
+    results = pd.read_parquet(tmp_path / "rerun" / "results.parquet")
+    assert len(results) == len(rows) and results["outcome"].isin(["succeeded", "skipped"]).all()
+    skipped = int((results["outcome"] == "skipped").sum())
+    assert skipped > 0
+    for row in rows:  # every decision landed, and no invoice was changed twice
+        assert sandbox.changes(row["vendor"], row["invoice_id"]) == 1
+    total = sum(len(changing_requests(sandbox, v)) for v in ALL_VENDORS)
+    resent = total - len(rows)
+    # at most the requests in flight at the moment of the kill were sent a second time
+    assert 0 <= resent <= concurrency * len(ALL_VENDORS)
+    assert skipped >= sent_at_crash - concurrency * len(ALL_VENDORS)
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+def _postgres_binaries() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1, started and stopped here."""
+    bin_dir = _postgres_binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (install Debian's postgresql package to run this test)")
+    # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
+    base = Path(tempfile.mkdtemp(prefix="invoice-sync-pg-"))
+    data = base / "data"
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        shutil.chown(base, "postgres")
+        os.chmod(base, 0o700)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    init = subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                          capture_output=True, text=True)
+    if init.returncode != 0:
+        pytest.skip(f"initdb failed: {init.stderr.strip()[:300]}")
+    start = subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
+                            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"],
+                           capture_output=True, text=True)
+    if start.returncode != 0:
+        pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[:300]}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_postgres_store(postgres_url):
+    ledger = Ledger(postgres_url)
+    try:
+        with ledger.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM decision_ledger")
+        exercise_store(ledger)
+        assert "postgresql" in ledger.describe()
+    finally:
+        ledger.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_postgres_ledger_end_to_end(postgres_url, sandbox, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("INVOICE_SYNC_LEDGER_URL", postgres_url)
+    rows = seeded(sandbox, "appzen", range(100, 110))
+    path = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_OK
+    assert run(["run", str(path), "--out", str(tmp_path / "r2")], capsys) == EXIT_OK
+    second = pd.read_parquet(tmp_path / "r2" / "results.parquet")
+    assert (second["error_code"] == "ALREADY_DONE").all()
+    assert len(changing_requests(sandbox, "appzen")) == len(rows)

@@ -1,0 +1,89 @@
+"""Plant known credentials, run through every kind of failure, scan every output for them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from connectors.redact import RedactingFilter, redact, register_secret
+from flows.cli import main
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
+
+
+def test_redact_masks_registered_secrets_and_url_tokens():
+    register_secret("planted-secret-4242")
+    assert redact("key planted-secret-4242 leaked") == "key *** leaked"
+    assert redact("PATCH https://x/api/inv/v1/Invoice?token=abc123&y=1") == "PATCH https://x/api/inv/v1/Invoice?token=***&y=1"
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "url %s", ("https://h/?token=zzz999",), None)
+    RedactingFilter().filter(record)
+    assert record.getMessage() == "url https://h/?token=***"
+
+
+async def _flow_run_texts(flow_run_ids: list[str]) -> list[str]:
+    """Everything Prefect kept about these runs: logs, artifacts, states, parameters."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()
+    await asyncio.sleep(1.0)
+    texts: list[str] = []
+    async with get_client() as client:
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)), limit=200, offset=0)
+        texts += [log.message for log in logs]
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids)))
+        texts += [str(a.data) + str(a.description) for a in artifacts]
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)))
+        texts += [f"{r.parameters} {r.state.message if r.state else ''}" for r in runs]
+        assert logs and artifacts, "expected the runs to have logged and published something"
+    return texts
+
+
+def test_no_credential_or_token_appears_anywhere(sandbox, tmp_path, capfd, state_dir, monkeypatch):
+    rows = []
+    for i in range(8):
+        sandbox.seed("alfred", f"A{i}")
+        sandbox.seed("modulus", str(100 + i), invoice_number=f"N{i}")
+        sandbox.seed("appzen", f"00000000-0000-4000-8000-{i:012x}")
+        sandbox.seed("accounteer", f"{i:040x}")
+        rows += [
+            {"invoice_id": f"A{i}", "vendor": "alfred", "decision": "approve"},
+            {"invoice_id": str(100 + i), "vendor": "modulus", "decision": "approve", "invoice_number": f"N{i}"},
+            {"invoice_id": f"00000000-0000-4000-8000-{i:012x}", "vendor": "appzen", "decision": "approve", "invoice_number": f"E{i}"},
+            {"invoice_id": f"{i:040x}", "vendor": "accounteer", "decision": "approve"},
+        ]
+    rows.append({"invoice_id": "A-missing", "vendor": "alfred", "decision": "approve"})
+    path = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    # every kind of trouble that produces messages: retries, drops, token expiry, bad bodies
+    sandbox.inject("modulus", "expire_token", times=1)
+    sandbox.inject("modulus", "drop_before", times=1)
+    sandbox.inject("modulus", "500", times=1)
+    sandbox.inject("alfred", "429", times=1, retry_after=0.1)
+    sandbox.inject("alfred", "bad_body", times=1)
+    sandbox.inject("appzen", "drop_after", times=1)
+    sandbox.inject("accounteer", "slow", times=1, delay=3)
+    monkeypatch.setenv("APPZEN_CUSTOMER_KEY", "planted-wrong-customer-key-8181")  # refused: AUTH_FAILED messages
+
+    code = main(["-v", "run", str(path), "--out", str(tmp_path / "out"), "--no-progress"])
+    fd = capfd.readouterr()  # file-descriptor level: Prefect's console handler included
+    assert code == 1
+    results = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert (results.loc[results["vendor"] == "appzen", "error_code"] == "AUTH_FAILED").all()
+
+    secrets = [v for k, v in sandbox.env().items() if not k.endswith("BASE_URL")]
+    secrets += ["planted-wrong-customer-key-8181", *sandbox.issued_tokens()]
+    assert len(sandbox.issued_tokens()) >= 2  # the token really was renewed mid-run
+    texts = [fd.out, fd.err]
+    texts += [p.read_bytes().decode("utf-8", "replace") for p in (tmp_path / "out").iterdir()]
+    texts += [p.read_bytes().decode("utf-8", "replace") for p in Path(state_dir).rglob("*") if p.is_file()]
+    texts += asyncio.run(_flow_run_texts(results["run_id"].unique().tolist()))
+    everything = "\n".join(texts)
+    leaked = [s for s in secrets if s in everything]
+    assert not leaked, f"credentials found in outputs: {len(leaked)}"
+    assert "token=" not in everything or "token=***" in everything
