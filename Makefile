@@ -35,3 +35,32 @@ clean:
 lock: $(STAMP)
 	( echo "# Exact versions this project was tested with (pip freeze of .venv). \`make lock\` regenerates it."; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -vi '^invoice-sync' ) > constraints.txt
+
+# -- Running it the Prefect way (README: "Running it the Prefect way") ------------------------
+# Each in its own terminal: `make server`, then `make pool deploy`, then `make worker` (one or more).
+PREFECT_PORT ?= 4200
+INVOICE_SYNC_POOL ?= invoice-sync
+INVOICE_SYNC_TIMEZONE ?= UTC
+
+.PHONY: server pool deploy worker
+
+# A local Prefect server and its UI on http://127.0.0.1:$(PREFECT_PORT) (SQLite under
+# PREFECT_HOME; set PREFECT_API_DATABASE_CONNECTION_URL for PostgreSQL).
+server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+pool deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+
+# The process work pool the deployments run on (left as it is if it exists).
+pool: $(STAMP)
+	$(BIN)/prefect work-pool inspect $(INVOICE_SYNC_POOL) >/dev/null 2>&1 || \
+	  $(BIN)/prefect work-pool create $(INVOICE_SYNC_POOL) --type process
+
+# Both deployments in prefect.yaml; the month-end schedule runs in INVOICE_SYNC_TIMEZONE.
+deploy: $(STAMP)
+	INVOICE_SYNC_POOL=$(INVOICE_SYNC_POOL) INVOICE_SYNC_TIMEZONE=$(INVOICE_SYNC_TIMEZONE) \
+	  $(BIN)/prefect --no-prompt deploy --all
+
+# A worker: runs each flow run of the pool as a subprocess. Start several for more throughput.
+worker: $(STAMP)
+	$(BIN)/prefect worker start --pool $(INVOICE_SYNC_POOL) --type process

@@ -305,14 +305,20 @@ class _Handler(BaseHTTPRequestHandler):
         end = path.find("/", 1)
         vendor = path[1:end] if end > 0 else path[1:]
         sandbox = self.server.sandbox
+        if vendor == "_sandbox":  # read-only stats for a benchmark running in another process
+            self._write(sandbox._stats(path))
+            return
         if vendor not in _ROUTES:
             self._write(_json(404, {"error": "unknown sandbox path; vendors: " + ", ".join(VENDORS)}))
             return
+        sandbox._enter(vendor)
         try:
             reply = sandbox._handle(vendor, arrived, self.command, path, query, body, self.headers, self.client_address[0])
         except Exception:  # a sandbox bug: answer and show it, never hang the client
             traceback.print_exc(file=sys.stderr)
             reply = _json(500, {"error": "sandbox internal error"})
+        finally:
+            sandbox._leave(vendor)
         if reply is _DROP:
             self._drop()
             return
@@ -409,6 +415,8 @@ class Sandbox:
         self._faults: dict[str, list[_Fault]] = {v: [] for v in VENDORS}
         self._logs: dict[str, list[tuple[float, str, str]]] = {v: [] for v in VENDORS}
         self._tokens: dict[str, float] = {}  # modulus token -> monotonic expiry
+        self._in_flight: dict[str, int] = {v: 0 for v in VENDORS}  # requests being handled now
+        self._in_flight_max: dict[str, int] = {v: 0 for v in VENDORS}  # high-water mark since reset
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         c = self.CREDENTIALS
@@ -529,6 +537,31 @@ class Sandbox:
         with self._lock:
             return list(self._logs[self._vendor(vendor)])
 
+    def max_in_flight(self, vendor: str) -> int:
+        """The most requests this vendor was handling at once since the last reset."""
+        with self._lock:
+            return self._in_flight_max[self._vendor(vendor)]
+
+    def _stats(self, path: str) -> Reply:
+        """GET /_sandbox/requests/{vendor}: arrival times and the in-flight high-water mark."""
+        vendor = path.rstrip("/").rsplit("/", 1)[-1]
+        if not path.startswith("/_sandbox/requests/") or vendor not in BASE_PATHS:
+            return _json(404, {"error": "use /_sandbox/requests/{vendor}"})
+        with self._lock:
+            arrivals = [entry[0] for entry in self._logs[vendor]]
+            high = self._in_flight_max[vendor]
+        return _json(200, {"vendor": vendor, "arrivals": arrivals, "max_in_flight": high})
+
+    def _enter(self, vendor: str) -> None:
+        with self._lock:
+            now = self._in_flight[vendor] = self._in_flight[vendor] + 1
+            if now > self._in_flight_max[vendor]:
+                self._in_flight_max[vendor] = now
+
+    def _leave(self, vendor: str) -> None:
+        with self._lock:
+            self._in_flight[vendor] -= 1
+
     def issued_tokens(self) -> list[str]:
         """Every modulus token handed out since the last reset (for leak checks)."""
         with self._lock:
@@ -548,6 +581,7 @@ class Sandbox:
             for v in VENDORS:
                 self._faults[v].clear()
                 self._logs[v].clear()
+                self._in_flight_max[v] = self._in_flight[v]
 
     # -- faults ------------------------------------------------------------------------------
     def inject(

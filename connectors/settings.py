@@ -32,6 +32,7 @@ class VendorSettings:
     backoff_max: float = 30.0
     retry_after_max: float = 120.0  # a vendor's Retry-After is honoured up to this
     problems: tuple[str, ...] = ()  # why the settings are unusable, if they are
+    global_limit: str | None = None  # Prefect GCL (rate-limit mode) shared with other workers
 
     @property
     def usable(self) -> bool:
@@ -100,6 +101,7 @@ class VendorSettings:
             backoff_max=number("BACKOFF_MAX", 30.0),
             retry_after_max=number("RETRY_AFTER_MAX", 120.0),
             problems=tuple(problems),
+            global_limit=text("GLOBAL_LIMIT"),
         )
 
 

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the sample file against a built-in sandbox")
     demo.add_argument("--out", default="data/results/demo")
+
+    secrets = sub.add_parser("secrets", help="vendor settings as Prefect Secret blocks (alfred-api-key, ...)")
+    secrets.add_argument("action", choices=["push", "list"],
+                         help="push: save the settings set in this environment as blocks; list: where each is set")
+    secrets.add_argument("--vendors", help="comma-separated vendors (default: all)")
     return parser
 
 
@@ -70,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         return validate_command(args.file, args.show)
     if args.command == "demo":
         return demo_command(args.out)
+    if args.command == "secrets":
+        from flows.secrets import secrets_command
+
+        chosen = [v.strip().lower() for v in args.vendors.split(",") if v.strip()] if args.vendors else None
+        return secrets_command(args.action, chosen)
     vendors = [v.strip().lower() for v in args.vendors.split(",") if v.strip()] if args.vendors else None
     return run_command(args.file, args.out, dry_run=args.dry_run, vendors=vendors, chunk_size=args.chunk_size,
                        retry_failed=args.retry_failed, show_progress=False if args.no_progress else None)
