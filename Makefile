@@ -64,3 +64,10 @@ deploy: $(STAMP)
 # A worker: runs each flow run of the pool as a subprocess. Start several for more throughput.
 worker: $(STAMP)
 	$(BIN)/prefect worker start --pool $(INVOICE_SYNC_POOL) --type process
+
+# -- Benchmarks (README: "Performance") -------------------------------------------------------
+.PHONY: bench-scale
+
+# A million decisions: `validate` and `run --dry-run`, wall time and peak memory.
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py

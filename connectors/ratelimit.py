@@ -24,7 +24,6 @@ every slot back after a 429); `limiter_for(settings)` picks one:
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -52,8 +51,6 @@ def spacing(rate: float | None) -> float:
         return 0.0
     whole = math.floor(rate) if rate >= 1 else rate
     return 1.0 / (whole * HEADROOM)
-
-logger = logging.getLogger(__name__)
 
 
 class Limiter(Protocol):

@@ -543,14 +543,14 @@ class Sandbox:
             return self._in_flight_max[self._vendor(vendor)]
 
     def _stats(self, path: str) -> Reply:
-        """GET /_sandbox/requests/{vendor}: arrival times and the in-flight high-water mark."""
+        """GET /_sandbox/requests/{vendor}: request_log() and the in-flight high-water mark."""
         vendor = path.rstrip("/").rsplit("/", 1)[-1]
         if not path.startswith("/_sandbox/requests/") or vendor not in BASE_PATHS:
             return _json(404, {"error": "use /_sandbox/requests/{vendor}"})
         with self._lock:
-            arrivals = [entry[0] for entry in self._logs[vendor]]
+            log = list(self._logs[vendor])
             high = self._in_flight_max[vendor]
-        return _json(200, {"vendor": vendor, "arrivals": arrivals, "max_in_flight": high})
+        return _json(200, {"vendor": vendor, "requests": log, "max_in_flight": high})
 
     def _enter(self, vendor: str) -> None:
         with self._lock:

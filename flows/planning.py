@@ -80,25 +80,46 @@ def plan_rows(
 
 
 def _mark_repeats(frame, open_, row_numbers, outcome, error_code, message) -> None:
-    """Same decision twice: send the first only. Opposite decisions: send none, say why."""
+    """Same decision twice: send the first only. Opposite decisions: send none, say why.
+
+    Vectorised over all groups at once (a file with many repeats must not loop per group in
+    pandas); only the messages of conflicting groups are built row by row.
+    """
     candidates = frame.loc[open_, KEY + ["decision"]]
-    repeated = candidates.duplicated(KEY, keep=False)
+    repeated = candidates.duplicated(KEY, keep=False).to_numpy()
     if not repeated.any():
         return
-    groups = candidates[repeated].assign(position=np.flatnonzero(open_)[repeated.to_numpy()])
-    for (_, _), group in groups.groupby(KEY, sort=False):
-        positions = group["position"].to_numpy()
-        rows = row_numbers[positions]
-        if group["decision"].nunique() > 1:
-            said = ", ".join(f"row {r} says {d}" for r, d in zip(rows, group["decision"]))
-            outcome[positions] = Outcome.REJECTED.value
-            error_code[positions] = ErrorCode.CONFLICTING_ROWS.value
-            message[positions] = f"conflicting decisions for this invoice ({said}): none sent"
-        else:
-            later = positions[1:]
-            outcome[later] = Outcome.SKIPPED.value
-            error_code[later] = ErrorCode.DUPLICATE_ROW.value
-            message[later] = f"same decision as row {rows[0]}: sent once"
+    groups = candidates[repeated]
+    positions = np.flatnonzero(open_)[repeated]  # ascending: file order
+    keyed = groups[KEY].notna().all(axis=1).to_numpy()  # like groupby: rows missing a key stay open
+    groups, positions = groups[keyed], positions[keyed]
+    if not len(positions):
+        return
+    code = groups.groupby(KEY, sort=False).ngroup().to_numpy()
+    distinct = groups.groupby(code, sort=False)["decision"].nunique()
+    conflicting = (distinct.reindex(code).to_numpy() > 1)
+    _, first_at = np.unique(code, return_index=True)  # each group's first row (positions ascend)
+    first_row = row_numbers[positions[first_at]][code]  # per row: its group's first row number
+    later = ~conflicting & (positions != positions[first_at][code])
+
+    skipped = positions[later]
+    outcome[skipped] = Outcome.SKIPPED.value
+    error_code[skipped] = ErrorCode.DUPLICATE_ROW.value
+    message[skipped] = [f"same decision as row {r}: sent once" for r in first_row[later].tolist()]
+
+    if conflicting.any():
+        held = positions[conflicting]
+        held_code = code[conflicting]
+        order = np.argsort(held_code, kind="stable")  # by group, file order within each
+        rows = row_numbers[held].tolist()
+        said_by = groups["decision"].to_numpy()[conflicting].tolist()
+        texts: dict[int, list[str]] = {}
+        for i in order.tolist():
+            texts.setdefault(int(held_code[i]), []).append(f"row {rows[i]} says {said_by[i]}")
+        joined = {c: f"conflicting decisions for this invoice ({', '.join(t)}): none sent" for c, t in texts.items()}
+        outcome[held] = Outcome.REJECTED.value
+        error_code[held] = ErrorCode.CONFLICTING_ROWS.value
+        message[held] = [joined[c] for c in held_code.tolist()]
 
 
 def decisions_for(frame: pd.DataFrame, positions: np.ndarray) -> list[Decision]:
