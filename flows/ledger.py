@@ -1,9 +1,14 @@
 """The durable ledger: each decision's last outcome at its vendor, recorded as it happens.
 
 A row is written only after the vendor answered (so "succeeded" always means the vendor said
-so), synchronously, before the next decision of that sending thread goes out: after a crash,
+so), and committed before the next decision of that sending thread goes out: after a crash,
 `kill -9` included, only the requests that were in flight are unknown, and a rerun sends
 exactly those again (vendors treat "already in that state" as success, so that is safe).
+
+Commits are grouped: one writer thread commits every answer waiting at that moment in one
+transaction, and each sender waits for the commit that holds its own row. The guarantee is
+the same as a commit per row; the cost is one commit per group instead of one per row, so
+dozens of sending threads do not queue behind each other.
 
 Keyed by vendor and invoice, with the `payload` that was sent (decision, invoice_number,
 void_date): a changed decision for the same invoice is a new decision and is sent.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import enum
 import os
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -78,6 +84,13 @@ def ledger_url(environ: Mapping[str, str] | None = None) -> str:
     return f"sqlite:///{(state_dir / LEDGER_FILE).resolve()}"
 
 
+@dataclass(eq=False)
+class _PendingRow:
+    values: dict
+    committed: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
 class Ledger:
     """One ledger store; thread-safe. Open it per run, close it at the end."""
 
@@ -89,10 +102,17 @@ class Ledger:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
-        self._insert = sqlite.insert if self.is_sqlite else postgresql.insert
-        # SQLite has one writer at a time: serialise ours instead of waiting on its busy lock.
-        self._write_lock = threading.Lock() if self.is_sqlite else None
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(decisions_table)
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=["vendor", "invoice_id"],
+            set_={c.name: insert.excluded[c.name] for c in decisions_table.columns if not c.primary_key},
+        )
         metadata.create_all(self.engine)
+        self._pending: list[_PendingRow] = []
+        self._wakeup = threading.Condition()
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self.commits = 0  # transactions written (fewer than rows when answers arrive together)
 
     @classmethod
     def open(cls, environ: Mapping[str, str] | None = None) -> "Ledger":
@@ -138,19 +158,45 @@ class Ledger:
             run_id=run_id,
             updated_at=result.finished_at or datetime.now(timezone.utc),
         )
-        statement = self._insert(decisions_table).values(**values)
-        statement = statement.on_conflict_do_update(
-            index_elements=["vendor", "invoice_id"],
-            set_={k: v for k, v in values.items() if k not in ("vendor", "invoice_id")},
-        )
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
-                conn.execute(statement)
-        else:
-            with self._write_lock, self.engine.begin() as conn:
-                conn.execute(statement)
+        pending = _PendingRow(values)
+        with self._wakeup:
+            if self._closing:
+                raise RuntimeError("the ledger is closed")
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_groups, name="ledger-writer", daemon=True)
+                self._writer.start()
+            self._pending.append(pending)
+            self._wakeup.notify()
+        pending.committed.wait()  # back to the sender only once its row is durable
+        if pending.error is not None:
+            raise pending.error
+
+    def _write_groups(self) -> None:
+        """The one writer: commit every row waiting now in one transaction, then wake their senders."""
+        while True:
+            with self._wakeup:
+                while not self._pending and not self._closing:
+                    self._wakeup.wait()
+                if not self._pending:
+                    return
+                group, self._pending = self._pending, []
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(self._upsert, [row.values for row in group])
+                self.commits += 1
+            except BaseException as exc:  # each sender gets the failure of its own commit
+                for row in group:
+                    row.error = exc
+            for row in group:
+                row.committed.set()
 
     def close(self) -> None:
+        """Write what is pending, stop the writer, release the connections."""
+        with self._wakeup:
+            self._closing = True
+            self._wakeup.notify()
+        if self._writer is not None:
+            self._writer.join()
         self.engine.dispose()
 
 

@@ -99,7 +99,11 @@ def send_chunk(
     """Send one chunk of one vendor's decisions, recording each answer in the ledger as it comes."""
 
     def answered(decision, result: RowResult) -> None:
-        ledger.record(decision, result, run_id)
+        try:
+            ledger.record(decision, result, run_id)
+        except Exception as exc:  # keep the vendor's answer; a rerun re-sends it, which is safe
+            result.error_message = f"{result.error_message} (not recorded in the ledger: {type(exc).__name__})".strip()
+            get_run_logger().error("ledger write failed for row %d: %s", decision.row_number, exc)
         progress.advance(client.vendor)
 
     return client.send_many(decisions_for(frame, positions), on_result=answered)

@@ -60,6 +60,30 @@ def test_sqlite_store(tmp_path):
         ledger.close()
 
 
+def test_concurrent_answers_share_commits_and_all_are_durable(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'l.sqlite'}"
+    ledger = Ledger(url)
+    decisions = [Decision(i, f"{i:06d}", "alfred", "approve") for i in range(400)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda d: ledger.record(d, result(d.row_number, Outcome.SUCCEEDED), "run-g"), decisions))
+    assert ledger.commits < len(decisions)  # grouped: fewer transactions than rows
+    ledger.close()
+    reopened = Ledger(url)  # every row was committed before its sender got control back
+    assert len(reopened.lookup(["alfred"])) == 400
+    reopened.close()
+
+
+def test_a_failed_commit_reaches_its_senders(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE decision_ledger")
+    with pytest.raises(Exception):
+        ledger.record(Decision(1, "1", "alfred", "approve"), result(1, Outcome.SUCCEEDED), "run-x")
+    ledger.close()
+
+
 def test_default_location_follows_state_dir(tmp_path):
     url = ledger_url({"INVOICE_SYNC_STATE_DIR": str(tmp_path / "st")})
     assert url == f"sqlite:///{tmp_path / 'st' / 'ledger.sqlite'}" and (tmp_path / "st").is_dir()
