@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+from bisect import bisect_left
 
 import requests
 
@@ -44,3 +45,15 @@ def response(status: int, body=None, headers: dict[str, str] | None = None) -> r
     r.headers.update(headers or {})
     r.encoding = "utf-8"
     return r
+
+
+def max_in_window(times: list[float], width: float = 1.0) -> int:
+    """The most arrivals within any `width`-second window (t, t + width)."""
+    times = sorted(times)
+    best = 0
+    for i, t in enumerate(times):
+        first = bisect_left(times, t - width, 0, i + 1)
+        while first <= i and t - times[first] >= width:
+            first += 1
+        best = max(best, i - first + 1)
+    return best

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import uuid
-from bisect import bisect_left
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from connectors.ratelimit import HEADROOM, GlobalLimitError, GlobalRateLimiter, 
 from connectors.sandbox import Sandbox
 from connectors.settings import VendorSettings
 from connectors.transport import VendorClient
-from tests.helpers import FAKE_ENV
+from tests.helpers import FAKE_ENV, max_in_window
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,18 +59,6 @@ def send(n: int, prefix: str = "INV") -> list:
 
 def arrivals(sandbox: Sandbox, vendor: str = "alfred") -> list[float]:
     return sorted(entry[0] for entry in sandbox.request_log(vendor))
-
-
-def max_in_window(times: list[float], width: float = 1.0) -> int:
-    """The most arrivals within any `width`-second window (t, t + width)."""
-    times = sorted(times)
-    best = 0
-    for i, t in enumerate(times):
-        first = bisect_left(times, t - width, 0, i + 1)
-        while first <= i and t - times[first] >= width:
-            first += 1
-        best = max(best, i - first + 1)
-    return best
 
 
 def achieved_rate(times: list[float]) -> float:

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import uuid
-from bisect import bisect_left
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +32,7 @@ import pytest
 import requests
 
 from connectors.sandbox import Sandbox
+from tests.helpers import max_in_window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -200,18 +200,6 @@ def test_prefect_deploy_all_creates_both_deployments_as_written(server, deployed
 
 
 # -- two workers, one shared rate ---------------------------------------------------------------
-
-
-def max_in_window(times: list[float], width: float = 1.0) -> int:
-    """The most arrivals within any `width`-second window (t, t + width)."""
-    times = sorted(times)
-    best = 0
-    for i, t in enumerate(times):
-        first = bisect_left(times, t - width, 0, i + 1)
-        while first <= i and t - times[first] >= width:
-            first += 1
-        best = max(best, i - first + 1)
-    return best
 
 
 def write_file(sandbox: Sandbox, path: Path, tag: str) -> None:
