@@ -17,6 +17,7 @@ Targets: under 30 s and under 2 GiB peak for each command on the million-row fil
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -48,12 +49,19 @@ def files(rows: int, folder: Path) -> dict[str, Path]:
     }
     if not (out["parquet"].exists() and out["csv"].exists()):
         frame = generate_decisions(rows, seed=7, duplicate_share=0.05, conflict_share=0.005, invalid_share=0.01)
-        frame.to_parquet(out["parquet"], index=False)
-        frame.to_csv(out["csv"], index=False)
+        _atomic(out["parquet"], lambda p: frame.to_parquet(p, index=False))
+        _atomic(out["csv"], lambda p: frame.to_csv(p, index=False))
     if not out["parquet, 50% repeats"].exists():
         frame = generate_decisions(rows, seed=8, duplicate_share=0.45, conflict_share=0.05, invalid_share=0.01)
-        frame.to_parquet(out["parquet, 50% repeats"], index=False)
+        _atomic(out["parquet, 50% repeats"], lambda p: frame.to_parquet(p, index=False))
     return out
+
+
+def _atomic(target: Path, write) -> None:
+    """Cached inputs appear whole or not at all, even with two benchmark runs at once."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    write(temporary)
+    os.replace(temporary, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = WORK_DIR / "scale"
-    inputs = files(args.rows, work)
+    inputs = files(args.rows, work)  # cached between runs
+    mine = work / f"run-{os.getpid()}"  # results and ledger of this run only
     cli = str(Path(PYTHON).with_name("invoice-sync"))
-    env = quiet_env(INVOICE_SYNC_STATE_DIR=str(work / "state"), COLUMNS="250")  # one summary line per row
+    env = quiet_env(INVOICE_SYNC_STATE_DIR=str(mine / "state"), COLUMNS="250")  # one summary line per row
+    try:
+        return _measure(args, inputs, mine, cli, env)
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, inputs: dict[str, Path], work: Path, cli: str, env: dict[str, str]) -> int:
     rows = []
 
     def measure(label: str, kind: str, cmd: list[str], run_env: dict[str, str]) -> None:

@@ -170,7 +170,9 @@ def sending(arrivals: dict[str, list[float]]) -> tuple[int, float]:
     """(requests, seconds from the first arrival to the last): token fetches left out, since
     the raw loop makes its one fetch while preparing its calls, before its clock starts."""
     times = sorted(t for ts in arrivals.values() for t in ts)
-    return len(times), (times[-1] - times[0]) if len(times) > 1 else 0.0
+    if len(times) < 2:
+        raise SystemExit("the sandbox saw (almost) no requests from this shape: see its output above")
+    return len(times), times[-1] - times[0]
 
 
 def write_file(rows: int, seed: int, folder: Path) -> Path:
@@ -216,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(SHAPES[args.shape](args.file)))
         return 0
 
-    work = WORK_DIR / "throughput"
-    shutil.rmtree(work, ignore_errors=True)
+    work = WORK_DIR / f"throughput-{os.getpid()}"  # its own folder: two runs at once do not collide
     work.mkdir(parents=True)
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     rows: list[list[object]] = []
     runs: list[list[object]] = []
     with SandboxProcess() as sandbox:
