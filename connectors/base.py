@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Mapping
 import requests
 
 from connectors.auth import Auth, AuthRefused, AuthUnavailable
+from connectors.ratelimit import GlobalLimitError
 from connectors.settings import VendorSettings
 
 
@@ -209,6 +210,8 @@ def classify_exception(error: BaseException) -> Verdict:
         return Verdict(Action.STOP, ErrorCode.AUTH_FAILED, None, str(error))
     if isinstance(error, AuthUnavailable):
         return Verdict(Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None, str(error))
+    if isinstance(error, GlobalLimitError):  # the shared limit is missing or unusable: send nothing
+        return Verdict(Action.STOP, ErrorCode.CONFIG_MISSING, None, str(error))
     if isinstance(error, RETRYABLE_EXCEPTIONS):
         return Verdict(Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None, f"{kind} talking to the vendor")
     return Verdict(Action.FAIL, ErrorCode.BAD_RESPONSE, None, f"{kind} preparing or sending the request")

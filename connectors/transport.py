@@ -157,6 +157,9 @@ class VendorClient:
             attempts = retrying.statistics.get("attempt_number", 1)
         if not attempt.sent:  # another row found the credentials refused while this one waited
             return self._not_sent(decision, attempts - 1)
+        if attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is not None:
+            # Retries were cut short by another row's stop, not run out: say that.
+            return self._not_sent(decision, attempts)
         if attempt.verdict.action is Action.STOP:
             self._stop(decision, attempt.verdict)
         return self._result(decision, attempt, attempts)

@@ -10,6 +10,7 @@ import requests
 from connectors.accounteer import UnsupportedDecision
 from connectors.auth import AuthRefused, AuthUnavailable
 from connectors.base import Action, Decision, ErrorCode, Request
+from connectors.ratelimit import GlobalLimitError
 from connectors.settings import VendorSettings
 from tests.helpers import FAKE_ENV, connector, response
 
@@ -228,6 +229,7 @@ def test_retry_after_is_read():
         (requests.exceptions.ChunkedEncodingError("cut"), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
         (AuthRefused("token request answered HTTP 401"), Action.STOP, ErrorCode.AUTH_FAILED),
         (AuthUnavailable("token request answered HTTP 503"), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
+        (GlobalLimitError("no global concurrency limit named vendor-x"), Action.STOP, ErrorCode.CONFIG_MISSING),
         (ValueError("odd"), Action.FAIL, ErrorCode.BAD_RESPONSE),
     ],
 )

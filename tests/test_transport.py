@@ -176,3 +176,20 @@ def test_a_row_waiting_to_retry_sends_nothing_once_another_row_stopped_the_vendo
     assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.AUTH_FAILED, 1)
     assert result.error_message.startswith("retries stopped after 1 attempts: alfred refused our credentials at row 2")
     assert len(session.calls) == 2
+
+
+def test_a_row_whose_retry_is_cut_short_by_a_stop_says_so():
+    c, session, _ = client_for("alfred", [(503, None)])
+    original = c._attempt
+
+    def first_answer_then_another_row_is_refused(request):
+        attempt = original(request)
+        # between this row's 503 and its retry decision, another row finds the credentials refused
+        c._stop(decision(7), c.connector.classify(request, response=response(401, {"message": "Unauthorized"})))
+        return attempt
+
+    c._attempt = first_answer_then_another_row_is_refused
+    result = c.send(decision(1))
+    assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.AUTH_FAILED, 1)
+    assert result.error_message.startswith("retries stopped after 1 attempts: alfred refused our credentials at row 7")
+    assert len(session.calls) == 1
