@@ -57,3 +57,19 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
             first += 1
         best = max(best, i - first + 1)
     return best
+
+
+def invoice_id_for(vendor: str, i: int) -> str:
+    """A valid invoice id for `vendor` (the formats its validation rules demand), distinct per i."""
+    return {"alfred": f"A{i:05d}", "accounteer": f"{i:040x}",
+            "appzen": f"00000000-0000-4000-8000-{i:012x}", "modulus": str(1000 + i)}[vendor]
+
+
+def seed_approvals(sandbox, vendor: str, indices, **seed) -> list[dict]:
+    """Seed invoices in the sandbox and return one approve row per invoice for a decision file."""
+    rows = []
+    for i in indices:
+        invoice_id, number = invoice_id_for(vendor, i), f"N-{vendor}-{i}"
+        sandbox.seed(vendor, invoice_id, invoice_number=number, **seed)
+        rows.append({"invoice_id": invoice_id, "vendor": vendor, "decision": "approve", "invoice_number": number})
+    return rows

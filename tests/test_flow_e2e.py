@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.helpers import seed_approvals
+from connectors import VENDORS as ALL_VENDORS
 from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
@@ -56,7 +58,6 @@ SAMPLE_FINAL_STATES = {
     ("modulus", "38"): "STATUS_SENT",
     ("modulus", "39"): "STATUS_VOID",
 }
-ALL_VENDORS = ("alfred", "accounteer", "appzen", "modulus")
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:
@@ -114,19 +115,7 @@ def write_decisions(path: Path, rows: list[dict]) -> Path:
 
 def seeded_rows(sandbox, n: int, vendors=ALL_VENDORS) -> list[dict]:
     """n approvals per vendor, seeded in the sandbox in their initial state."""
-    rows = []
-    for vendor in vendors:
-        for i in range(n):
-            invoice_id = {
-                "alfred": f"A{i:05d}",
-                "accounteer": f"{i:040x}",
-                "appzen": f"00000000-0000-4000-8000-{i:012x}",
-                "modulus": str(1000 + i),
-            }[vendor]
-            number = f"N-{vendor}-{i}"
-            sandbox.seed(vendor, invoice_id, invoice_number=number)
-            rows.append({"invoice_id": invoice_id, "vendor": vendor, "decision": "approve", "invoice_number": number})
-    return rows
+    return [row for vendor in vendors for row in seed_approvals(sandbox, vendor, range(n))]
 
 
 def test_all_succeed_exit_zero(sandbox, tmp_path, capsys):

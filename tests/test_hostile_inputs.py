@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors import VENDORS as ALL_VENDORS
 from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, main
 from flows.planning import plan_rows
 from flows.reader import UnusableFile, read_decisions
 from flows.results import assemble_results
 from flows.validation import validate_decisions
 
-ALL_VENDORS = ("alfred", "accounteer", "appzen", "modulus")
 GOOD = "invoice_id,vendor,decision\n000123,alfred,approve\n"
 
 

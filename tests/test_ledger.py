@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from connectors import VENDORS as ALL_VENDORS
 from connectors.base import Decision, ErrorCode, Outcome
 from connectors.transport import RowResult
 from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, main
 from flows.ledger import Ledger, ledger_url
+from tests.helpers import seed_approvals
 
-ALL_VENDORS = ("alfred", "accounteer", "appzen", "modulus")
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=timezone.utc)
 
 
@@ -98,16 +99,6 @@ def run(args, capsys):
     return code
 
 
-def seeded(sandbox, vendor, ids, **seed):
-    rows = []
-    for i in ids:
-        invoice_id = {"alfred": f"A{i:05d}", "accounteer": f"{i:040x}",
-                      "appzen": f"00000000-0000-4000-8000-{i:012x}", "modulus": str(1000 + i)}[vendor]
-        sandbox.seed(vendor, invoice_id, invoice_number=f"N{i}", **seed)
-        rows.append({"invoice_id": invoice_id, "vendor": vendor, "decision": "approve", "invoice_number": f"N{i}"})
-    return rows
-
-
 def changing_requests(sandbox, vendor):
     return [p for _, m, p in sandbox.request_log(vendor) if not p.endswith("/Authenticate")]
 
@@ -116,7 +107,7 @@ def changing_requests(sandbox, vendor):
 @pytest.mark.usefixtures("prefect_server")
 def test_rerun_sends_only_what_is_not_done(sandbox, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ALFRED_MAX_ATTEMPTS", "2")
-    rows = seeded(sandbox, "alfred", range(6))
+    rows = seed_approvals(sandbox, "alfred", range(6))
     rows.append({"invoice_id": "A99999", "vendor": "alfred", "decision": "approve"})  # unknown: permanent failure
     sandbox.inject("alfred", "503", times=2, invoice_id=rows[1]["invoice_id"])  # transient, retries run out
     path = tmp_path / "d.csv"
@@ -168,7 +159,7 @@ def test_a_changed_decision_is_sent(sandbox, tmp_path, capsys):
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_server")
 def test_dry_run_consults_the_ledger_without_writing(sandbox, tmp_path, capsys):
-    rows = seeded(sandbox, "accounteer", range(4))
+    rows = seed_approvals(sandbox, "accounteer", range(4))
     path = tmp_path / "d.csv"
     pd.DataFrame(rows[:2]).to_csv(path, index=False)
     assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_OK
@@ -200,7 +191,7 @@ def test_kill_9_mid_run_then_rerun_sends_each_decision_once(sandbox, tmp_path, s
 
     rows = []
     for vendor in ALL_VENDORS:
-        rows += seeded(sandbox, vendor, range(60))
+        rows += seed_approvals(sandbox, vendor, range(60))
     path = tmp_path / "d.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     env = {**os.environ, "INVOICE_SYNC_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
@@ -295,7 +286,7 @@ def test_postgres_store(postgres_url):
 @pytest.mark.usefixtures("prefect_server")
 def test_postgres_ledger_end_to_end(postgres_url, sandbox, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("INVOICE_SYNC_LEDGER_URL", postgres_url)
-    rows = seeded(sandbox, "appzen", range(100, 110))
+    rows = seed_approvals(sandbox, "appzen", range(100, 110))
     path = tmp_path / "d.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_OK
