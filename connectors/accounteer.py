@@ -14,10 +14,8 @@ import re
 from decimal import Decimal
 from urllib.parse import quote
 
-import requests
-
 from connectors.auth import HeaderAuth
-from connectors.base import Action, Connector, Decision, ErrorCode, Request, Verdict, json_body
+from connectors.base import Action, Connector, Decision, ErrorCode, Request, Response, Verdict, json_body
 
 ALREADY_APPROVED = re.compile(r"already\s+approved", re.IGNORECASE)
 
@@ -46,7 +44,7 @@ class AccounteerConnector(Connector):
             json={"invoice": {"status": self.decision_map[decision.decision]}},
         )
 
-    def classify_success(self, request: Request, response: requests.Response) -> Verdict:
+    def classify_success(self, request: Request, response: Response) -> Verdict:
         try:
             # Money fields are decimals: never let them pass through float.
             invoice = json.loads(response.text, parse_float=Decimal)
@@ -61,13 +59,13 @@ class AccounteerConnector(Connector):
             message=f"HTTP {response.status_code} but the invoice status is {status!r}, not 'approved'",
         )
 
-    def classify_error(self, request: Request, response: requests.Response) -> Verdict | None:
+    def classify_error(self, request: Request, response: Response) -> Verdict | None:
         message, code = self.error_message(response)
         if response.status_code in (400, 409, 422) and ALREADY_APPROVED.search(message):
             return Verdict(Action.SUCCEED, message=f"already in that state: {message}")
         return None
 
-    def error_message(self, response: requests.Response) -> tuple[str, str | None]:
+    def error_message(self, response: Response) -> tuple[str, str | None]:
         body = json_body(response)
         if isinstance(body, dict) and isinstance(body.get("errors"), dict):
             parts = [f"{field}: {', '.join(map(str, msgs if isinstance(msgs, list) else [msgs]))}"

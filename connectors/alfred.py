@@ -11,10 +11,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-import requests
-
 from connectors.auth import HeaderAuth
-from connectors.base import Action, Connector, Decision, ErrorCode, Request, Verdict, json_body
+from connectors.base import Action, Connector, Decision, ErrorCode, Request, Response, Verdict, json_body
 
 ALREADY = re.compile(r"already\s+(approved|cancel)", re.IGNORECASE)
 
@@ -35,7 +33,7 @@ class AlfredConnector(Connector):
             json={"status": self.decision_map[decision.decision]},
         )
 
-    def classify_success(self, request: Request, response: requests.Response) -> Verdict:
+    def classify_success(self, request: Request, response: Response) -> Verdict:
         body = json_body(response)
         if isinstance(body, dict) and body.get("data") is True:
             return Verdict(Action.SUCCEED, message=str(body.get("message") or ""))
@@ -47,7 +45,7 @@ class AlfredConnector(Connector):
             )
         return Verdict(Action.FAIL, ErrorCode.BAD_RESPONSE, message=f"HTTP {response.status_code} without data: true")
 
-    def classify_error(self, request: Request, response: requests.Response) -> Verdict | None:
+    def classify_error(self, request: Request, response: Response) -> Verdict | None:
         if response.status_code != 422:
             return None
         message, code = self.error_message(response)
@@ -56,7 +54,7 @@ class AlfredConnector(Connector):
             return Verdict(Action.SUCCEED, message=f"already in that state: {message}")
         return Verdict(Action.FAIL, ErrorCode.VENDOR_REJECTED, code, f"HTTP 422: {message}")
 
-    def error_message(self, response: requests.Response) -> tuple[str, str | None]:
+    def error_message(self, response: Response) -> tuple[str, str | None]:
         body = json_body(response)
         if not isinstance(body, dict):
             return super().error_message(response)

@@ -15,10 +15,8 @@ from datetime import datetime, timezone
 from typing import Callable
 from urllib.parse import quote
 
-import requests
-
 from connectors.auth import HeaderAuth
-from connectors.base import Connector, Decision, Request, json_body, short_text
+from connectors.base import Connector, Decision, Request, Response, json_body, short_text
 from connectors.settings import VendorSettings
 
 ERROR_CODE = re.compile(r"Error code\s*:\s*([0-9A-Za-z]+)\s*-\s*(.*)", re.DOTALL)
@@ -59,7 +57,7 @@ class AppZenConnector(Connector):
             },
         )
 
-    def error_message(self, response: requests.Response) -> tuple[str, str | None]:
+    def error_message(self, response: Response) -> tuple[str, str | None]:
         body = json_body(response)
         if not isinstance(body, dict):
             return short_text(response), None

@@ -7,16 +7,15 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Mapping
 
-import requests
 from pydantic import SecretStr
 
 from connectors.redact import register_secret
 
 if TYPE_CHECKING:
-    from connectors.base import Request
+    from connectors.base import Request, Response
 
 # How the transport sends a request for an auth object (paced like any other call).
-Send = Callable[["Request"], requests.Response]
+Send = Callable[["Request"], "Response"]
 
 
 class AuthRefused(Exception):

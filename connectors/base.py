@@ -1,9 +1,10 @@
 """The contract every vendor connector follows.
 
 A connector is declarative: it names its vendor, its settings, how it authenticates, turns a
-`Decision` into a plain `Request` (`build_request`, pure) and maps whatever came back — a
-response or an exception — to a `Verdict` (`classify`). Sending, retrying, pacing and
-concurrency live in one shared place, `connectors.transport`.
+`Decision` into a plain `Request` (`build_request`, pure) and maps whatever came back — a plain
+`Response` or an exception — to a `Verdict` (`classify`). Sending, retrying, pacing and
+concurrency live in one shared place, `connectors.transport`; no connector touches an HTTP
+library.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
-import requests
+from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import TimeoutError as HTTPTimeoutError
 
 from connectors.auth import Auth, AuthRefused, AuthUnavailable
 from connectors.ratelimit import GlobalLimitError
@@ -80,6 +82,26 @@ class Request:
 
 
 @dataclass(frozen=True, slots=True)
+class Response:
+    """A vendor's answer, as read off the wire by the transport."""
+
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
+    content: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code < 400
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")  # JSON APIs speak UTF-8 (RFC 8259)
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """A classified answer: what to do next and what to write in the results."""
 
@@ -97,13 +119,14 @@ class Verdict:
 # Declared once for every vendor: what is worth retrying.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
+    ProtocolError,  # connection refused, reset or cut mid-answer
+    HTTPTimeoutError,  # connect and read timeouts (and a new connection that failed)
+    ConnectionError,
+    TimeoutError,
 )
 
 
-def parse_retry_after(response: requests.Response) -> float | None:
+def parse_retry_after(response: Response) -> float | None:
     """Seconds from a numeric `Retry-After` header (HTTP dates are rare here and ignored)."""
     value = response.headers.get("Retry-After")
     if value is None:
@@ -115,7 +138,7 @@ def parse_retry_after(response: requests.Response) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def json_body(response: requests.Response) -> Any:
+def json_body(response: Response) -> Any:
     """The response body as JSON, or None when it is empty or not JSON."""
     if not response.content:
         return None
@@ -125,7 +148,7 @@ def json_body(response: requests.Response) -> Any:
         return None
 
 
-def short_text(response: requests.Response, limit: int = 200) -> str:
+def short_text(response: Response, limit: int = 200) -> str:
     """The start of a response body, for messages."""
     text = response.text.strip().replace("\n", " ")
     return text[:limit] + ("…" if len(text) > limit else "")
@@ -151,15 +174,15 @@ class Connector:
         """The request that carries one decision; pure, no credentials."""
         raise NotImplementedError
 
-    def classify_success(self, request: Request, response: requests.Response) -> Verdict:
+    def classify_success(self, request: Request, response: Response) -> Verdict:
         """Check a 2xx body: vendors can answer 2xx and still mean failure."""
         return Verdict(Action.SUCCEED)
 
-    def classify_error(self, request: Request, response: requests.Response) -> Verdict | None:
+    def classify_error(self, request: Request, response: Response) -> Verdict | None:
         """Vendor-specific reading of a non-2xx answer; None falls back to the status table."""
         return None
 
-    def error_message(self, response: requests.Response) -> tuple[str, str | None]:
+    def error_message(self, response: Response) -> tuple[str, str | None]:
         """(message, vendor error code) from a vendor's error body."""
         body = json_body(response)
         if isinstance(body, dict):
@@ -171,7 +194,7 @@ class Connector:
     def classify(
         self,
         request: Request,
-        response: requests.Response | None = None,
+        response: Response | None = None,
         error: BaseException | None = None,
     ) -> Verdict:
         """Map the answer to `request` (a response or an exception) to a Verdict: the one error table."""

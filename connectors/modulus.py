@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import re
 
-import requests
-
 from connectors.auth import AuthRefused, AuthUnavailable, Send, SessionTokenAuth
 from connectors.base import (
     RETRYABLE_STATUSES,
@@ -23,6 +21,7 @@ from connectors.base import (
     Decision,
     ErrorCode,
     Request,
+    Response,
     Verdict,
     json_body,
     short_text,
@@ -73,7 +72,7 @@ class ModulusConnector(Connector):
             details["void_date"] = decision.void_date
         return Request("PATCH", "/api/inv/v1/Invoice", json={"customer_details": details})
 
-    def classify_success(self, request: Request, response: requests.Response) -> Verdict:
+    def classify_success(self, request: Request, response: Response) -> Verdict:
         body = json_body(response)
         if not isinstance(body, dict) or "result" not in body:
             return Verdict(Action.FAIL, ErrorCode.BAD_RESPONSE, message=f"HTTP {response.status_code}: unreadable body")
@@ -82,7 +81,7 @@ class ModulusConnector(Connector):
         # A 2xx that says `result: false` is a failure, never a success.
         return self._business_error(response) or Verdict(Action.FAIL, ErrorCode.VENDOR_REJECTED)
 
-    def classify_error(self, request: Request, response: requests.Response) -> Verdict | None:
+    def classify_error(self, request: Request, response: Response) -> Verdict | None:
         if response.status_code == 401:
             message, code = self.error_message(response)
             return Verdict(Action.REAUTH, ErrorCode.AUTH_FAILED, code, f"HTTP 401: {message}")
@@ -90,7 +89,7 @@ class ModulusConnector(Connector):
             return self._business_error(response)
         return None
 
-    def _business_error(self, response: requests.Response) -> Verdict | None:
+    def _business_error(self, response: Response) -> Verdict | None:
         message, code = self.error_message(response)
         text = f"HTTP {response.status_code}: {message}"
         if ALREADY.search(message):
@@ -99,7 +98,7 @@ class ModulusConnector(Connector):
             return Verdict(Action.FAIL, ErrorCode.NOT_FOUND, code, text)
         return Verdict(Action.FAIL, ErrorCode.VENDOR_REJECTED, code, text)
 
-    def error_message(self, response: requests.Response) -> tuple[str, str | None]:
+    def error_message(self, response: Response) -> tuple[str, str | None]:
         body = json_body(response)
         if not isinstance(body, dict):
             return short_text(response), None

@@ -1,27 +1,32 @@
-"""The one place requests are sent: pooled session, pacing, retries, concurrency.
+"""The one place requests are sent: pooled connections, pacing, retries, concurrency.
 
 A `VendorClient` wraps one connector for one run. It turns each `Decision` into exactly one
 `RowResult`, whatever happens: a retryable answer is retried with declared backoff
 (exponential with jitter, `Retry-After` honoured up to a cap), a permanent one fails the row,
 and refused credentials stop the vendor so that its remaining rows are not sent at all.
 Retries happen here only: the Prefect tasks above never retry a chunk.
+
+HTTP goes through urllib3, the connection pool underneath `requests`, called directly: a call
+costs about 0.3 ms of CPU instead of `requests`' 0.65 ms (session merging, cookie jars, hooks
+we do not use), and at hundreds of calls a second that CPU is what the sending threads share.
 """
 
 from __future__ import annotations
 
 import itertools
+import json as jsonlib  # `json` is a parameter of Http.request, as in requests
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlencode
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
 
-from connectors.base import Action, Connector, Decision, ErrorCode, Outcome, Request, Verdict
+from connectors.base import Action, Connector, Decision, ErrorCode, Outcome, Request, Response, Verdict
 from connectors.ratelimit import GlobalRateLimiter, RateLimiter, limiter_for
 from connectors.redact import redact
 
@@ -80,7 +85,7 @@ class VendorClient:
         connector: Connector,
         *,
         limiter: RateLimiter | GlobalRateLimiter | None = None,
-        session: requests.Session | None = None,
+        http: "Http | None" = None,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         settings = connector.settings
@@ -90,7 +95,7 @@ class VendorClient:
         self.base_url = settings.base_url or ""
         self.limiter = limiter or limiter_for(settings)
         self.auth = connector.make_auth()
-        self.session = session or _pooled_session(settings.max_concurrency)
+        self.http = http or Http(settings.max_concurrency)
         self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix=f"send-{self.vendor}")
         self._sent = itertools.count()
         self._requests_sent = 0
@@ -166,7 +171,7 @@ class VendorClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self.session.close()
+        self.http.close()
 
     # -- internals --------------------------------------------------------------------------
     def _should_retry(self, attempt: Attempt) -> bool:
@@ -185,10 +190,10 @@ class VendorClient:
             self.auth.invalidate(authed)
         return Attempt(verdict, response.status_code)
 
-    def _send_raw(self, request: Request) -> requests.Response:
+    def _send_raw(self, request: Request) -> Response:
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too
         self._requests_sent = next(self._sent) + 1
-        return self.session.request(
+        return self.http.request(
             request.method,
             self.base_url + request.path,
             params=request.params or None,
@@ -238,12 +243,40 @@ class VendorClient:
         )
 
 
-def _pooled_session(max_concurrency: int) -> requests.Session:
-    """A keep-alive session sized for the vendor's concurrency; urllib3 retries stay off (ours rule)."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_concurrency, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    session.trust_env = False  # no proxy or netrc surprises: we talk to the configured URL only
-    return session
+class Http:
+    """Keep-alive HTTP for one vendor: a urllib3 pool sized for its concurrency.
+
+    No retries or redirects of its own (ours rule, and a redirected PUT is not the call we
+    meant), no proxy or netrc from the environment: we talk to the configured URL only.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        self._pool = urllib3.PoolManager(maxsize=max_connections, retries=False)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """One call; the body is read whole. Raises urllib3's errors for the connector to classify."""
+        if params:
+            url = f"{url}?{urlencode(params)}"
+        sent_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json, allow_nan=False).encode()
+            sent_headers["Content-Type"] = "application/json"
+        elif data is not None:
+            body = urlencode(data).encode()
+            sent_headers["Content-Type"] = "application/x-www-form-urlencoded"
+        answer = self._pool.request(method, url, body=body, headers=sent_headers, timeout=timeout, redirect=False)
+        return Response(answer.status, answer.headers, answer.data)
+
+    def close(self) -> None:
+        self._pool.clear()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json as jsonlib
 from bisect import bisect_left
 
-import requests
+from urllib3 import HTTPHeaderDict
 
 from connectors import CONNECTORS
+from connectors.base import Response
 from connectors.settings import VendorSettings
 
 FAKE_ENV = {
@@ -31,20 +32,26 @@ def connector(vendor: str, env: dict[str, str] | None = None, **kwargs):
     return cls(VendorSettings.from_env(vendor, cls.credential_names, env or FAKE_ENV), **kwargs)
 
 
-def response(status: int, body=None, headers: dict[str, str] | None = None) -> requests.Response:
-    """A requests.Response as a vendor would send it (dict/list bodies become JSON)."""
-    r = requests.Response()
-    r.status_code = status
+def response(status: int, body=None, headers: dict[str, str] | None = None) -> Response:
+    """A Response as a vendor would send it (dict/list bodies become JSON)."""
+    sent = HTTPHeaderDict(headers or {})
     if body is None:
-        r._content = b""
+        content = b""
     elif isinstance(body, (dict, list)):
-        r._content = jsonlib.dumps(body).encode()
-        r.headers["Content-Type"] = "application/json"
+        content = jsonlib.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
     else:
-        r._content = body.encode() if isinstance(body, str) else body
-    r.headers.update(headers or {})
-    r.encoding = "utf-8"
-    return r
+        content = body.encode() if isinstance(body, str) else body
+    return Response(status, sent, content)
+
+
+def artifacts_of(run_id) -> list:
+    """The artifacts one flow run published, read back through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
 
 
 def max_in_window(times: list[float], width: float = 1.0) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-import requests
+from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
 from connectors.accounteer import UnsupportedDecision
 from connectors.auth import AuthRefused, AuthUnavailable
@@ -224,9 +224,10 @@ def test_retry_after_is_read():
 @pytest.mark.parametrize(
     "error, action, error_code",
     [
-        (requests.ConnectionError("boom"), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
-        (requests.ReadTimeout("slow"), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
-        (requests.exceptions.ChunkedEncodingError("cut"), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
+        (NewConnectionError(None, "refused"), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
+        (ProtocolError("Connection aborted.", ConnectionResetError()), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
+        (ReadTimeoutError(None, "/x", "Read timed out."), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
+        (ConnectionResetError(), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
         (AuthRefused("token request answered HTTP 401"), Action.STOP, ErrorCode.AUTH_FAILED),
         (AuthUnavailable("token request answered HTTP 503"), Action.RETRY, ErrorCode.RETRIES_EXHAUSTED),
         (GlobalLimitError("no global concurrency limit named vendor-x"), Action.STOP, ErrorCode.CONFIG_MISSING),

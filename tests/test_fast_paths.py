@@ -160,11 +160,11 @@ def test_tenacity_only_for_rows_that_need_another_try(monkeypatch):
     copies = []
     original = Retrying.copy
     monkeypatch.setattr(Retrying, "copy", lambda self, *a, **k: copies.append(1) or original(self, *a, **k))
-    c, session, sleeps = client_for("alfred", [OK, (503, None), OK, (404, {"message": "Invoice not found"})])
+    c, http, sleeps = client_for("alfred", [OK, (503, None), OK, (404, {"message": "Invoice not found"})])
     first = c.send(decision(1))
     assert (first.outcome, first.attempts, copies) == (Outcome.SUCCEEDED, 1, [])
     second = c.send(decision(2))
     assert (second.outcome, second.attempts, len(copies)) == (Outcome.SUCCEEDED, 2, 1)
     third = c.send(decision(3))
     assert (third.outcome, third.error_code, third.attempts, len(copies)) == (Outcome.FAILED, ErrorCode.NOT_FOUND, 1, 1)
-    assert len(session.calls) == 4 and len(sleeps) == 1  # one backoff, before the retry
+    assert len(http.calls) == 4 and len(sleeps) == 1  # one backoff, before the retry

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import seed_approvals
 from connectors import VENDORS as ALL_VENDORS
 from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
+from flows.sync import CHUNKS_IN_FLIGHT_PER_VENDOR, lanes
+from tests.helpers import artifacts_of, seed_approvals
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
@@ -128,6 +130,35 @@ def test_all_succeed_exit_zero(sandbox, tmp_path, capsys):
     assert (results["attempts"] == 1).all()
     for row in rows:
         assert sandbox.changes(row["vendor"], row["invoice_id"]) == 1
+    progress = [a for a in artifacts_of(results["run_id"].iloc[0]) if a.type == "progress"]
+    assert [a.data for a in progress] == [100.0]  # one progress artifact, complete at the end
+
+
+def test_lanes_keep_two_chunks_in_flight_per_vendor_and_tick_while_waiting():
+    from concurrent.futures import Future
+
+    submitted: list[tuple[str, list[int]]] = []
+    running: dict[str, list[Future]] = {"alfred": [], "modulus": []}
+
+    def submit(vendor, positions):
+        assert len(running[vendor]) < CHUNKS_IN_FLIGHT_PER_VENDOR  # never a third chunk of one vendor
+        submitted.append((vendor, positions.tolist()))
+        future: Future = Future()
+        running[vendor].append(future)
+        future.add_done_callback(lambda f, v=vendor: running[v].remove(f))
+        return future
+
+    to_send = {"alfred": np.arange(5), "modulus": np.arange(10, 12)}
+    ticks = finished = 0
+    for item in lanes(to_send, 2, submit, tick=0.01):
+        if item is None:  # nothing finished within a tick: finish the oldest chunk of a vendor
+            ticks += 1
+            vendor = "alfred" if running["alfred"] else "modulus"
+            running[vendor][0].set_result([])
+        else:
+            finished += 1
+    assert sorted(submitted) == [("alfred", [0, 1]), ("alfred", [2, 3]), ("alfred", [4]), ("modulus", [10, 11])]
+    assert finished == 4 and ticks >= 4
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pytest
 from flows import inbox as ib
 from flows.cli import SAMPLE_FILE, SAMPLE_SANDBOX_SEED
 from flows.secrets import block_name, push_secrets, read_secret_blocks, setting_names, settings_environ
+from tests.helpers import artifacts_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENDOR_PREFIXES = ("ALFRED_", "ACCOUNTEER_", "APPZEN_", "MODULUS_")
@@ -354,14 +355,6 @@ def read_flow_run(run_id):
 
     with get_client(sync_client=True) as client:
         return client.read_flow_run(run_id)
-
-
-def artifacts_of(run_id) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
 
 
 def good_rows(sandbox, n: int = 3) -> pd.DataFrame:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import threading
+import time
 
 import pytest
-import requests
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from connectors.base import Decision, ErrorCode, Outcome
+from connectors.base import RETRYABLE_EXCEPTIONS, Action, Decision, ErrorCode, Outcome, Request
 from connectors.ratelimit import HEADROOM, RateLimiter
-from connectors.transport import VendorClient
+from connectors.transport import Http, VendorClient
 from tests.helpers import FAKE_ENV, connector, response
 
 OK = (202, {"statusCode": 202, "data": True, "message": "update Invoice"})
 
 
-class ScriptedSession(requests.Session):
-    """Answers from a script (status, body[, headers]) or raises the exception given."""
+class ScriptedHttp:
+    """Stands in for `Http`: answers from a script (status, body[, headers]) or raises the exception given."""
 
     def __init__(self, script):
-        super().__init__()
         self.script = list(script)
         self.calls: list[tuple[str, str, dict]] = []
         self.lock = threading.Lock()
@@ -32,14 +35,17 @@ class ScriptedSession(requests.Session):
             raise step
         return response(*step)
 
+    def close(self):
+        pass
+
 
 def client_for(vendor, script, env=None, **limiter):
     env = {**FAKE_ENV, **(env or {}), f"{vendor.upper()}_BACKOFF_INITIAL": "0.01"}
     sleeps: list[float] = []
-    session = ScriptedSession(script)
-    c = VendorClient(connector(vendor, env), session=session, sleep=sleeps.append,
+    http = ScriptedHttp(script)
+    c = VendorClient(connector(vendor, env), http=http, sleep=sleeps.append,
                      limiter=RateLimiter(limiter.get("rate"), sleep=sleeps.append))
-    return c, session, sleeps
+    return c, http, sleeps
 
 
 def decision(n=1, vendor="alfred", invoice_id="000123", verdict="approve", **kw):
@@ -47,10 +53,10 @@ def decision(n=1, vendor="alfred", invoice_id="000123", verdict="approve", **kw)
 
 
 def test_success_first_time_carries_credentials_once():
-    c, session, _ = client_for("alfred", [OK])
+    c, http, _ = client_for("alfred", [OK])
     result = c.send(decision())
     assert (result.outcome, result.http_status, result.attempts) == (Outcome.SUCCEEDED, 202, 1)
-    method, url, kwargs = session.calls[0]
+    method, url, kwargs = http.calls[0]
     assert (method, url) == ("PUT", "https://alfred.test/api/v1/third-party-service/invoice/000123")
     assert kwargs["headers"]["API-Key"] == "alfred-key-test-1111"
     assert kwargs["json"] == {"status": "approved"}
@@ -58,19 +64,20 @@ def test_success_first_time_carries_credentials_once():
 
 
 def test_transient_failures_are_retried_then_succeed():
-    c, session, sleeps = client_for("alfred", [(503, None), requests.ConnectionError("reset"), requests.ReadTimeout("slow"), OK])
+    c, http, sleeps = client_for("alfred", [(503, None), ProtocolError("Connection aborted.", ConnectionResetError()),
+                                         ReadTimeoutError(None, "/x", "Read timed out."), OK])
     result = c.send(decision())
     assert (result.outcome, result.attempts) == (Outcome.SUCCEEDED, 4)
-    assert len(session.calls) == 4
+    assert len(http.calls) == 4
     assert len(sleeps) == 3 and sleeps[0] < sleeps[2]  # exponential
 
 
 def test_retries_run_out():
-    c, session, _ = client_for("alfred", [(500, {"message": "boom"})] * 9)
+    c, http, _ = client_for("alfred", [(500, {"message": "boom"})] * 9)
     result = c.send(decision())
     assert result.outcome is Outcome.FAILED
     assert result.error_code is ErrorCode.RETRIES_EXHAUSTED
-    assert result.attempts == 5 == len(session.calls)
+    assert result.attempts == 5 == len(http.calls)
     assert result.error_message.startswith("gave up after 5 attempts")
 
 
@@ -96,30 +103,30 @@ def test_a_429_pauses_the_whole_vendor():
 
 
 def test_permanent_failure_is_not_retried():
-    c, session, _ = client_for("alfred", [(404, {"statusCode": 404, "message": "Invoice not found"})])
+    c, http, _ = client_for("alfred", [(404, {"statusCode": 404, "message": "Invoice not found"})])
     result = c.send(decision())
     assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.NOT_FOUND, 1)
     assert "Invoice not found" in result.error_message
 
 
 def test_refused_credentials_stop_the_vendor():
-    c, session, _ = client_for("alfred", [(401, {"statusCode": 401, "message": "Unauthorized"})])
+    c, http, _ = client_for("alfred", [(401, {"statusCode": 401, "message": "Unauthorized"})])
     first = c.send(decision(1))
     later = c.send_many([decision(2, invoice_id="2"), decision(3, invoice_id="3")])
     assert first.error_code is ErrorCode.AUTH_FAILED and first.attempts == 1
     assert [r.error_code for r in later] == [ErrorCode.AUTH_FAILED] * 2
     assert all(r.attempts == 0 and "not sent" in r.error_message for r in later)
-    assert len(session.calls) == 1  # nobody hammers a vendor that refused us
+    assert len(http.calls) == 1  # nobody hammers a vendor that refused us
 
 
 def test_modulus_refused_token_is_renewed_once():
     token = lambda t: (200, {"result": True, "title": "Success", "object": {"token": t}})
     expired = (401, {"result": False, "title": "Error", "message": "Invalid or expired token."})
     ok = (200, {"result": True, "title": "Success", "message": "Invoice Status changed successfully"})
-    c, session, sleeps = client_for("modulus", [token("tok-aaaa-1"), expired, token("tok-bbbb-2"), ok])
+    c, http, sleeps = client_for("modulus", [token("tok-aaaa-1"), expired, token("tok-bbbb-2"), ok])
     result = c.send(decision(vendor="modulus", invoice_id="35", invoice_number="INV_1"))
     assert (result.outcome, result.attempts) == (Outcome.SUCCEEDED, 2)
-    urls = [(m, u.rsplit("/", 1)[-1], kw.get("params")) for m, u, kw in session.calls]
+    urls = [(m, u.rsplit("/", 1)[-1], kw.get("params")) for m, u, kw in http.calls]
     assert urls == [
         ("POST", "Authenticate", None),
         ("PATCH", "Invoice", {"token": "tok-aaaa-1"}),
@@ -130,10 +137,10 @@ def test_modulus_refused_token_is_renewed_once():
 
 
 def test_modulus_wrong_credentials_stop_without_retry():
-    c, session, _ = client_for("modulus", [(401, {"result": False, "title": "Error", "message": "Authentication failed."})])
+    c, http, _ = client_for("modulus", [(401, {"result": False, "title": "Error", "message": "Authentication failed."})])
     results = c.send_many([decision(i, vendor="modulus", invoice_id=str(i), invoice_number="N") for i in range(1, 4)])
     assert {r.error_code for r in results} == {ErrorCode.AUTH_FAILED}
-    assert len(session.calls) == 1
+    assert len(http.calls) == 1
 
 
 def test_messages_never_carry_tokens():
@@ -169,17 +176,17 @@ def test_limiter_spaces_requests():
 
 def test_a_row_waiting_to_retry_sends_nothing_once_another_row_stopped_the_vendor():
     unauthorized = (401, {"statusCode": 401, "message": "Unauthorized"})
-    c, session, _ = client_for("alfred", [(503, None), unauthorized])
+    c, http, _ = client_for("alfred", [(503, None), unauthorized])
     # While row 1 backs off after its 503, row 2 is refused: row 1 must not try again.
     c._retrying.sleep = lambda seconds: c.send(decision(2, invoice_id="2"))
     result = c.send(decision(1))
     assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.AUTH_FAILED, 1)
     assert result.error_message.startswith("retries stopped after 1 attempts: alfred refused our credentials at row 2")
-    assert len(session.calls) == 2
+    assert len(http.calls) == 2
 
 
 def test_a_row_whose_retry_is_cut_short_by_a_stop_says_so():
-    c, session, _ = client_for("alfred", [(503, None)])
+    c, http, _ = client_for("alfred", [(503, None)])
     original = c._attempt
 
     def first_answer_then_another_row_is_refused(request):
@@ -192,4 +199,98 @@ def test_a_row_whose_retry_is_cut_short_by_a_stop_says_so():
     result = c.send(decision(1))
     assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.AUTH_FAILED, 1)
     assert result.error_message.startswith("retries stopped after 1 attempts: alfred refused our credentials at row 7")
-    assert len(session.calls) == 1
+    assert len(http.calls) == 1
+
+
+# -- Http on a real socket: what goes on the wire, and which errors come back -----------------
+
+
+class OneShotServer:
+    """A 127.0.0.1 socket that answers each connection with `reply(request_bytes)` (None: hang up)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.received: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1)) if b"ontent-" in head else 0
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.received.append(head + b"\r\n\r\n" + body)
+                answer = self.reply(data)
+                if answer:
+                    conn.sendall(answer)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_http_sends_json_form_params_and_user_agent_and_reads_the_answer():
+    server = OneShotServer(lambda _: b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nRetry-After: 3\r\n"
+                                     b"Content-Length: 13\r\nConnection: close\r\n\r\n{\"data\":true}")
+    http = Http(2)
+    try:
+        answer = http.request("PATCH", f"{server.url}/inv", params={"token": "t 1"}, json={"a": "é"},
+                              headers={"X-Key": "k"}, timeout=5)
+        form = http.request("POST", f"{server.url}/auth", data={"app": "a&b"}, timeout=5)
+    finally:
+        http.close()
+        server.close()
+    assert (answer.status_code, answer.json(), answer.headers["retry-after"], answer.ok) == (202, {"data": True}, "3", True)
+    first, second = server.received
+    assert first.startswith(b"PATCH /inv?token=t+1 HTTP/1.1\r\n")
+    assert b"X-Key: k" in first and b"User-Agent: invoice-sync/" in first and b"Content-Type: application/json" in first
+    assert first.endswith(json.dumps({"a": "é"}).encode())
+    assert second.startswith(b"POST /auth HTTP/1.1") and second.endswith(b"app=a%26b")
+    assert b"application/x-www-form-urlencoded" in second
+
+
+def test_http_does_not_follow_redirects():
+    server = OneShotServer(lambda _: b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n"
+                                     b"Connection: close\r\n\r\n")
+    try:
+        answer = Http(1).request("PUT", f"{server.url}/invoice/1", json={}, timeout=5)
+    finally:
+        server.close()
+    assert answer.status_code == 307 and len(server.received) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(lambda _: None, id="hang-up-before-answering"),
+        pytest.param(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"da", id="cut-mid-body"),
+        pytest.param(lambda _: time.sleep(1.5), id="read-timeout"),
+        pytest.param("refused", id="connection-refused"),
+    ],
+)
+def test_http_failures_are_the_retryable_kind(reply):
+    if reply == "refused":
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        server = None
+    else:
+        server = OneShotServer(reply)
+        url = server.url
+    try:
+        with pytest.raises(Exception) as raised:
+            Http(1).request("PUT", f"{url}/invoice/1", json={}, timeout=0.5)
+    finally:
+        if server:
+            server.close()
+    assert isinstance(raised.value, RETRYABLE_EXCEPTIONS), type(raised.value)
+    verdict = connector("alfred").classify(Request("PUT", "/invoice/1"), error=raised.value)
+    assert (verdict.action, verdict.error_code) == (Action.RETRY, ErrorCode.RETRIES_EXHAUSTED)
