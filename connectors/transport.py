@@ -130,14 +130,23 @@ class VendorClient:
         `on_result` runs in the sending thread right after each answer, before that thread
         sends anything else (the ledger relies on this).
         """
+        decisions = list(decisions)
+        results: list[RowResult | None] = [None] * len(decisions)
+        claim = itertools.count()  # next() on it is atomic: each row is taken by exactly one sender
 
-        def one(decision: Decision) -> RowResult:
-            result = self.send(decision)
-            if on_result is not None:
-                on_result(decision, result)
-            return result
+        def sender() -> None:
+            # One pool task per sender, looping over the rows, rather than one per row: a Future
+            # and its Condition per row cost about a seventh of the sending threads' time.
+            while (i := next(claim)) < len(decisions):
+                result = self.send(decisions[i])
+                if on_result is not None:
+                    on_result(decisions[i], result)
+                results[i] = result
 
-        return list(self._pool.map(one, decisions))
+        senders = [self._pool.submit(sender) for _ in range(min(self.settings.max_concurrency, len(decisions)))]
+        for finished in senders:
+            finished.result()  # a sender's crash is the chunk's: raised here, like any bug
+        return results  # type: ignore[return-value]  # every index was claimed and filled
 
     def send(self, decision: Decision) -> RowResult:
         """Send one decision, retrying as declared; always returns its one result."""

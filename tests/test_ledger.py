@@ -76,12 +76,17 @@ def test_concurrent_answers_share_commits_and_all_are_durable(tmp_path):
     reopened.close()
 
 
-def test_a_failed_commit_reaches_its_senders(tmp_path):
+def test_a_failed_commit_reaches_its_senders_and_the_writer_recovers(tmp_path):
+    from flows.ledger import metadata
+
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
     with ledger.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE decision_ledger")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="no such table"):
         ledger.record(Decision(1, "1", "alfred", "approve"), result(1, Outcome.SUCCEEDED), "run-x")
+    metadata.create_all(ledger.engine)
+    ledger.record(Decision(2, "2", "alfred", "approve"), result(2, Outcome.SUCCEEDED), "run-x")  # a fresh connection
+    assert ledger.lookup(["alfred"])["invoice_id"].tolist() == ["2"]
     ledger.close()
 
 
