@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlencode
 
+import certifi
 import urllib3
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 from tenacity.wait import wait_base
@@ -256,11 +257,14 @@ class Http:
     """Keep-alive HTTP for one vendor: a urllib3 pool sized for its concurrency.
 
     No retries or redirects of its own (ours rule, and a redirected PUT is not the call we
-    meant), no proxy or netrc from the environment: we talk to the configured URL only.
+    meant), no proxy or netrc from the environment: we talk to the configured URL only. TLS is
+    verified against certifi's CA bundle, as `requests` did.
     """
 
     def __init__(self, max_connections: int) -> None:
-        self._pool = urllib3.PoolManager(maxsize=max_connections, retries=False)
+        self._pool = urllib3.PoolManager(
+            maxsize=max_connections, retries=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
+        )
 
     def request(
         self,

@@ -294,3 +294,45 @@ def test_http_failures_are_the_retryable_kind(reply):
     assert isinstance(raised.value, RETRYABLE_EXCEPTIONS), type(raised.value)
     verdict = connector("alfred").classify(Request("PUT", "/invoice/1"), error=raised.value)
     assert (verdict.action, verdict.error_code) == (Action.RETRY, ErrorCode.RETRIES_EXHAUSTED)
+
+
+def test_https_with_an_untrusted_certificate_fails_the_row_and_sends_nothing(tmp_path):
+    import ssl
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))  # self-signed: no CA vouches for it
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        try:
+            conn, _ = listener.accept()
+            with context.wrap_socket(conn, server_side=True) as tls:
+                received.append(tls.recv(65536))
+        except (OSError, ssl.SSLError):
+            pass  # the client gave up during the handshake
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(Exception) as raised:
+            Http(1).request("PUT", f"https://127.0.0.1:{listener.getsockname()[1]}/invoice/1", json={}, timeout=5)
+    finally:
+        listener.close()
+    assert "certificate" in str(raised.value).lower() and not received  # nothing went over the wire
+    verdict = connector("alfred").classify(Request("PUT", "/invoice/1"), error=raised.value)
+    assert (verdict.action, verdict.error_code) == (Action.FAIL, ErrorCode.BAD_RESPONSE)  # not retried
