@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from flows.prefect_server import end_process, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -137,11 +138,7 @@ class SandboxProcess:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            end_process(self.proc, grace=10)
 
     def requests(self, vendor: str) -> list[tuple[float, str, str]]:
         """(arrival time, method, path) per request the vendor received, in arrival order."""
@@ -185,9 +182,7 @@ class PrefectServer:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.proc: subprocess.Popen | None = None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
 
     def __enter__(self) -> "PrefectServer":
@@ -197,11 +192,10 @@ class PrefectServer:
         self.proc = subprocess.Popen([str(Path(PYTHON).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
                                       "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
-                with opener.open(f"{self.api}/health", timeout=2):
+                with _NO_PROXY.open(f"{self.api}/health", timeout=2):
                     return self
             except OSError:
                 time.sleep(0.5)
@@ -209,8 +203,4 @@ class PrefectServer:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            end_process(self.proc, grace=20)

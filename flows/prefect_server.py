@@ -59,6 +59,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def end_process(process: subprocess.Popen, grace: float) -> None:
+    """Terminate `process`; kill it if it is still there after `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _port_taken(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -187,12 +197,7 @@ class TemporaryPrefectServer:
         if process is None:
             return
         logger.info("Stopping temporary server on http://%s:%s", HOST, self.port)
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, STOP_GRACE_SECONDS)
         if self._relay is not None:
             self._relay.join(timeout=1)  # its last lines reach stderr before we go on
         self._healthy = False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from connectors.base import Decision, ErrorCode, Outcome
 from connectors.transport import RowResult
 from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, main
 from flows.ledger import Ledger, ledger_url
+from flows.prefect_server import free_port
 from tests.helpers import seed_approvals
 
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=timezone.utc)
@@ -178,12 +178,6 @@ def test_dry_run_consults_the_ledger_without_writing(sandbox, tmp_path, capsys):
 
 # -- kill -9 -----------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(args, env, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env, cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
@@ -258,7 +252,7 @@ def postgres_url():
         shutil.chown(base, "postgres")
         os.chmod(base, 0o700)
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     init = subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                           capture_output=True, text=True)
     if init.returncode != 0:

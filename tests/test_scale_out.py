@@ -19,7 +19,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import pytest
 import requests
 
 from connectors.sandbox import Sandbox
+from flows.prefect_server import free_port
 from tests.helpers import max_in_window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -44,12 +44,6 @@ BURST = 3
 ROWS_PER_FILE = 50  # alfred rows per file: 5 s at the shared rate for one worker alone
 VENDOR_PREFIXES = ("ALFRED_", "ACCOUNTEER_", "APPZEN_", "MODULUS_")
 SCREENSHOT_DIR_ENV = "INVOICE_SYNC_UI_SCREENSHOTS"  # set it to keep the UI screenshots
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop(process: subprocess.Popen, grace: float = 15) -> None:
