@@ -229,15 +229,13 @@ def dispatch(
 
     try:
         for finished in lanes(configured, chunk_size, submit, tick=PROGRESS_EVERY):
-            if finished is None:
-                update_progress_artifact(artifact_id, progress=round(100 * progress.fraction, 1))
-                continue
-            vendor, future = finished
-            outcome = future.result(raise_on_failure=False)
-            if isinstance(outcome, list):
-                sent.extend(outcome)
-            else:  # a bug, not a vendor answer: its rows are reported failed by assemble_results
-                get_run_logger().error("a chunk for %s crashed: %s", vendor, outcome)
+            if finished is not None:  # None: no chunk ended within a tick, only progress to report
+                vendor, future = finished
+                outcome = future.result(raise_on_failure=False)
+                if isinstance(outcome, list):
+                    sent.extend(outcome)
+                else:  # a bug, not a vendor answer: its rows are reported failed by assemble_results
+                    get_run_logger().error("a chunk for %s crashed: %s", vendor, outcome)
             update_progress_artifact(artifact_id, progress=round(100 * progress.fraction, 1))
     finally:
         progress.close()
