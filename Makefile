@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test install sandbox bench clean lock
+.PHONY: demo test lint install sandbox bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff (lint and format) over all the Python here; mypy over the packages (pyproject.toml says how).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 sandbox: $(STAMP)
 	$(BIN)/invoice-sync sandbox
 
@@ -36,7 +42,7 @@ lock: $(STAMP)
 	( echo "# Exact versions this project was tested with (pip freeze of .venv). \`make lock\` regenerates it."; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -vi '^invoice-sync' ) > constraints.txt
 
-# -- Running it the Prefect way (README: "Running it the Prefect way") ------------------------
+# -- Running it the Prefect way (docs/operations.md) ----------------------------------------
 # Each in its own terminal: `make server`, then `make pool deploy`, then `make worker` (one or more).
 PREFECT_PORT ?= 4200
 INVOICE_SYNC_POOL ?= invoice-sync
@@ -58,14 +64,14 @@ pool: $(STAMP)
 
 # Both deployments in prefect.yaml; the month-end schedule runs in INVOICE_SYNC_TIMEZONE.
 deploy: $(STAMP)
-	INVOICE_SYNC_POOL=$(INVOICE_SYNC_POOL) INVOICE_SYNC_TIMEZONE=$(INVOICE_SYNC_TIMEZONE) \
+	INVOICE_SYNC_HOME=$(CURDIR) INVOICE_SYNC_POOL=$(INVOICE_SYNC_POOL) INVOICE_SYNC_TIMEZONE=$(INVOICE_SYNC_TIMEZONE) \
 	  $(BIN)/prefect --no-prompt deploy --all
 
 # A worker: runs each flow run of the pool as a subprocess. Start several for more throughput.
 worker: $(STAMP)
 	$(BIN)/prefect worker start --pool $(INVOICE_SYNC_POOL) --type process
 
-# -- Benchmarks (README: "Performance") -------------------------------------------------------
+# -- Benchmarks (docs/performance.md) ---------------------------------------------------------
 .PHONY: bench-scale
 
 # A million decisions: `validate` and `run --dry-run`, wall time and peak memory.

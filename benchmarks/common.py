@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flows.prefect_server import end_process, free_port
+from flows.orchestration.temporary_server import end_process, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -112,7 +112,7 @@ def generate_decisions(
 
 
 class SandboxProcess:
-    """`python -m connectors.sandbox` in its own process (server and client do not share a GIL)."""
+    """`python -m sandbox` in its own process (server and client do not share a GIL)."""
 
     def __init__(self, *, latency: float = 0.0) -> None:
         self.latency = latency
@@ -121,7 +121,7 @@ class SandboxProcess:
         self.url = ""
 
     def __enter__(self) -> "SandboxProcess":
-        cmd = [PYTHON, "-m", "connectors.sandbox", "--port", "0", "--auto-create", "--latency", str(self.latency)]
+        cmd = [PYTHON, "-m", "sandbox", "--port", "0", "--auto-create", "--latency", str(self.latency)]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=quiet_env(), stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:

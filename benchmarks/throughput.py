@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/throughput.py            # `make bench`
     .venv/bin/python benchmarks/throughput.py --rows 5000 --repeat 1 --no-naive
 
-One run, one sandbox (`python -m connectors.sandbox --auto-create`, its own process, on
+One run, one sandbox (`python -m sandbox --auto-create`, its own process, on
 127.0.0.1), every shape in its own fresh process, each on its own new invoice ids:
 
 * raw: a plain threaded `requests` loop making the same calls (same paths, bodies and headers,
@@ -60,7 +60,7 @@ CONCURRENCY = 8  # the default <VENDOR>_MAX_CONCURRENCY, for the pipeline and th
 def _decisions(path: str):
     import pandas as pd
 
-    from connectors.base import Decision
+    from connectors.vocabulary import Decision
 
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     out = []
@@ -76,7 +76,7 @@ def shape_raw(path: str) -> dict:
     import requests
     from requests.adapters import HTTPAdapter
 
-    from connectors import CONNECTORS
+    from connectors.registry import CONNECTORS
     from connectors.settings import VendorSettings
 
     by_vendor: dict[str, list] = {v: [] for v in VENDORS}
@@ -120,9 +120,9 @@ def shape_naive(path: str) -> dict:
     from prefect.cache_policies import NO_CACHE
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from connectors import CONNECTORS
+    from connectors.registry import CONNECTORS
     from connectors.settings import VendorSettings
-    from connectors.transport import VendorClient
+    from connectors.sending.client import VendorClient
 
     decisions = _decisions(path)
     clients = {

@@ -1,12 +1,13 @@
-"""One connector per vendor, and the registry the pipeline looks them up in."""
+"""The vendor side: one connector per vendor and the shared machinery that sends for them.
 
-from connectors.accounteer import AccounteerConnector
-from connectors.alfred import AlfredConnector
-from connectors.appzen import AppZenConnector
-from connectors.base import Connector
-from connectors.modulus import ModulusConnector
+    vocabulary  Decision, RowResult, Outcome, ErrorCode: the words the pipeline shares
+    wire        the plain Request and Response a connector builds and reads
+    reading     the one table from status or exception to an Action and an error code
+    connector   the Connector contract; vendors/ holds one module per vendor
+    registry    CONNECTORS, VENDORS and the vendor-list parser
+    auth, settings, redact, errors
+    sending/    VendorClient (retries, stop), Http (urllib3), rate limiters
 
-CONNECTORS: dict[str, type[Connector]] = {
-    c.name: c for c in (AlfredConnector, AccounteerConnector, AppZenConnector, ModulusConnector)
-}
-VENDORS: tuple[str, ...] = tuple(CONNECTORS)
+Nothing here reads files, talks to Prefect or knows the ledger. This package imports nothing
+on its own, so `connectors.vocabulary` stays free of HTTP for the pure pipeline stages.
+"""

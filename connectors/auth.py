@@ -5,34 +5,24 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
 from pydantic import SecretStr
 
 from connectors.redact import register_secret
-
-if TYPE_CHECKING:
-    from connectors.base import Request, Response
+from connectors.wire import Request, Response
 
 # How the transport sends a request for an auth object (paced like any other call).
-Send = Callable[["Request"], "Response"]
-
-
-class AuthRefused(Exception):
-    """The vendor refused our credentials: stop sending to it."""
-
-
-class AuthUnavailable(Exception):
-    """A session token could not be fetched for a transient reason: retry later."""
+Send = Callable[[Request], Response]
 
 
 class Auth:
     """No credentials at all."""
 
-    def apply(self, request: "Request", send: Send) -> "Request":
+    def apply(self, request: Request, send: Send) -> Request:
         return request
 
-    def invalidate(self, request: "Request") -> None:
+    def invalidate(self, request: Request) -> None:
         """The vendor refused the credentials `request` carried; forget them if they rotate."""
 
 
@@ -43,7 +33,7 @@ class HeaderAuth(Auth):
         self._headers = dict(headers)
         self._template = dict(template or {})  # e.g. {"Authorization": "Bearer {}"}
 
-    def apply(self, request: "Request", send: Send) -> "Request":
+    def apply(self, request: Request, send: Send) -> Request:
         extra = {
             name: self._template.get(name, "{}").format(value.get_secret_value())
             for name, value in self._headers.items()
@@ -75,10 +65,10 @@ class SessionTokenAuth(Auth):
         self._fetched_at = 0.0
         self.fetches = 0
 
-    def apply(self, request: "Request", send: Send) -> "Request":
+    def apply(self, request: Request, send: Send) -> Request:
         return replace(request, params={**request.params, self._param: self._current(send)})
 
-    def invalidate(self, request: "Request") -> None:
+    def invalidate(self, request: Request) -> None:
         with self._lock:
             # Only forget the token that was refused: another thread may have renewed it already.
             if self._token is not None and request.params.get(self._param) == self._token:

@@ -38,71 +38,86 @@ class VendorSettings:
     def usable(self) -> bool:
         return not self.problems
 
-    def secret(self, name: str) -> str:
-        """The plain value of one credential, for the moment a request is sent."""
-        return self.credentials[name].get_secret_value()
-
     @classmethod
     def from_env(
         cls,
         vendor: str,
         credential_names: tuple[str, ...],
         environ: Mapping[str, str] | None = None,
-    ) -> "VendorSettings":
+    ) -> VendorSettings:
         """Read `<VENDOR>_*` settings; problems are collected, never raised."""
         env = os.environ if environ is None else environ
-        prefix = vendor.upper()
-        problems: list[str] = []
-
-        def text(name: str) -> str | None:
-            value = env.get(f"{prefix}_{name}", "").strip()
-            return value or None
-
-        def number(name: str, default, kind=float, minimum=0.0):
-            raw = text(name)
-            if raw is None:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                problems.append(f"{prefix}_{name} is not a number")
-                return default
-            if value < minimum:
-                problems.append(f"{prefix}_{name} must be at least {minimum}")
-                return default
-            return value
-
-        base_url = text("BASE_URL")
+        read = _SettingsReader(vendor.upper(), env)
+        base_url = read.text("BASE_URL")
         if base_url is None:
-            problems.append(f"{prefix}_BASE_URL is not set")
+            read.problems.append(f"{read.prefix}_BASE_URL is not set")
         else:
             base_url = base_url.rstrip("/")
-            problems.extend(_url_problems(prefix, base_url, env))
-
+            read.problems.extend(_url_problems(read.prefix, base_url, env))
         credentials: dict[str, SecretStr] = {}
         for name in credential_names:
-            value = text(name)
+            value = read.text(name)
             if value is None:
-                problems.append(f"{prefix}_{name} is not set")
+                read.problems.append(f"{read.prefix}_{name} is not set")
             else:
                 register_secret(value)
                 credentials[name] = SecretStr(value)
-
-        rate = number("RATE_LIMIT", None)
+        rate = read.number("RATE_LIMIT", None)
         return cls(
             vendor=vendor,
             base_url=base_url,
             credentials=credentials,
             rate_limit=rate if rate else None,
-            max_concurrency=number("MAX_CONCURRENCY", 8, int, 1),
-            max_attempts=number("MAX_ATTEMPTS", 5, int, 1),
-            timeout=number("TIMEOUT", 30.0, float, 0.001),
-            backoff_initial=number("BACKOFF_INITIAL", 0.5),
-            backoff_max=number("BACKOFF_MAX", 30.0),
-            retry_after_max=number("RETRY_AFTER_MAX", 120.0),
-            problems=tuple(problems),
-            global_limit=text("GLOBAL_LIMIT"),
+            max_concurrency=read.whole("MAX_CONCURRENCY", 8, minimum=1),
+            max_attempts=read.whole("MAX_ATTEMPTS", 5, minimum=1),
+            timeout=read.number("TIMEOUT", 30.0, minimum=0.001),
+            backoff_initial=read.number("BACKOFF_INITIAL", 0.5),
+            backoff_max=read.number("BACKOFF_MAX", 30.0),
+            retry_after_max=read.number("RETRY_AFTER_MAX", 120.0),
+            problems=tuple(read.problems),
+            global_limit=read.text("GLOBAL_LIMIT"),
         )
+
+
+class _SettingsReader:
+    """Reads one vendor's `<PREFIX>_<NAME>` values, noting each unusable one in `problems`."""
+
+    def __init__(self, prefix: str, env: Mapping[str, str]) -> None:
+        self.prefix = prefix
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(f"{self.prefix}_{name}", "").strip()
+        return value or None
+
+    def number(self, name: str, default: float | None, minimum: float = 0.0) -> float | None:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problems.append(f"{self.prefix}_{name} is not a number")
+            return default
+        return self._at_least(name, value, default, minimum)
+
+    def whole(self, name: str, default: int, minimum: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{self.prefix}_{name} is not a number")
+            return default
+        return self._at_least(name, value, default, minimum)
+
+    def _at_least(self, name, value, default, minimum):
+        if value < minimum:
+            self.problems.append(f"{self.prefix}_{name} must be at least {minimum}")
+            return default
+        return value
 
 
 def _url_problems(prefix: str, url: str, env: Mapping[str, str]) -> list[str]:

@@ -11,7 +11,9 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 import pytest  # noqa: E402
 
-VENDOR_PREFIXES = ("ALFRED_", "ACCOUNTEER_", "APPZEN_", "MODULUS_")
+from connectors.registry import VENDORS  # noqa: E402
+
+VENDOR_PREFIXES = tuple(f"{vendor.upper()}_" for vendor in VENDORS)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +27,7 @@ def prefect_server():
 
 @pytest.fixture(scope="module")
 def sandbox_server():
-    from connectors.sandbox import Sandbox
+    from sandbox import Sandbox
 
     with Sandbox() as sandbox:
         yield sandbox

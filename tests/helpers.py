@@ -7,24 +7,23 @@ from bisect import bisect_left
 
 from urllib3 import HTTPHeaderDict
 
-from connectors import CONNECTORS
-from connectors.base import Response
+from connectors.registry import CONNECTORS
+from connectors.wire import Response
 from connectors.settings import VendorSettings
 
-FAKE_ENV = {
-    "ALFRED_BASE_URL": "https://alfred.test/api/v1/third-party-service",
-    "ALFRED_API_KEY": "alfred-key-test-1111",
-    "ALFRED_API_SECRET": "alfred-secret-test-2222",
-    "ACCOUNTEER_BASE_URL": "https://accounteer.test/api/v0.1",
-    "ACCOUNTEER_ACCESS_TOKEN": "accounteer-token-test-3333",
-    "APPZEN_BASE_URL": "https://appzen.test/dictionary-data-services",
-    "APPZEN_API_KEY": "appzen-key-test-4444",
-    "APPZEN_CUSTOMER_ID": "100439",
-    "APPZEN_CUSTOMER_KEY": "appzen-customer-key-test-5555",
-    "MODULUS_BASE_URL": "https://acme.modulus.test",
-    "MODULUS_APP": "modulus-app-test-6666",
-    "MODULUS_SECRET": "modulus-secret-test-7777",
-}
+
+
+def fake_env() -> dict[str, str]:
+    """Settings for every registered vendor: an https base URL and a distinctive fake credential each."""
+    env: dict[str, str] = {}
+    for vendor, cls in CONNECTORS.items():
+        env[f"{vendor.upper()}_BASE_URL"] = f"https://{vendor}.test/api"
+        for name in cls.credential_names:
+            env[f"{vendor.upper()}_{name}"] = f"{vendor}-{name.lower().replace('_', '-')}-test"
+    return env
+
+
+FAKE_ENV = fake_env()
 
 
 def connector(vendor: str, env: dict[str, str] | None = None, **kwargs):
@@ -68,8 +67,9 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
 
 def invoice_id_for(vendor: str, i: int) -> str:
     """A valid invoice id for `vendor` (the formats its validation rules demand), distinct per i."""
-    return {"alfred": f"A{i:05d}", "accounteer": f"{i:040x}",
-            "appzen": f"00000000-0000-4000-8000-{i:012x}", "modulus": str(1000 + i)}[vendor]
+    formats = {"alfred": f"A{i:05d}", "accounteer": f"{i:040x}",
+               "appzen": f"00000000-0000-4000-8000-{i:012x}", "modulus": str(1000 + i)}
+    return formats.get(vendor, f"{vendor}-{i:05d}")
 
 
 def seed_approvals(sandbox, vendor: str, indices, **seed) -> list[dict]:

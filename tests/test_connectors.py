@@ -7,10 +7,12 @@ from datetime import datetime, timezone
 import pytest
 from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
-from connectors.accounteer import UnsupportedDecision
-from connectors.auth import AuthRefused, AuthUnavailable
-from connectors.base import Action, Decision, ErrorCode, Request
-from connectors.ratelimit import GlobalLimitError
+from connectors.vendors.accounteer import UnsupportedDecision
+from connectors.errors import AuthRefused, AuthUnavailable
+from connectors.reading import Action
+from connectors.vocabulary import Decision, ErrorCode
+from connectors.wire import Request
+from connectors.sending.ratelimit import GlobalLimitError
 from connectors.settings import VendorSettings
 from tests.helpers import FAKE_ENV, connector, response
 
@@ -73,10 +75,10 @@ def _never_send(request):
 @pytest.mark.parametrize(
     "vendor, headers",
     [
-        ("alfred", {"API-Key": "alfred-key-test-1111", "API-Secret": "alfred-secret-test-2222"}),
-        ("accounteer", {"Authorization": "Bearer accounteer-token-test-3333"}),
-        ("appzen", {"x-api-key": "appzen-key-test-4444", "customer-id": "100439",
-                    "customer-key": "appzen-customer-key-test-5555"}),
+        ("alfred", {"API-Key": FAKE_ENV["ALFRED_API_KEY"], "API-Secret": FAKE_ENV["ALFRED_API_SECRET"]}),
+        ("accounteer", {"Authorization": "Bearer " + FAKE_ENV["ACCOUNTEER_ACCESS_TOKEN"]}),
+        ("appzen", {"x-api-key": FAKE_ENV["APPZEN_API_KEY"], "customer-id": FAKE_ENV["APPZEN_CUSTOMER_ID"],
+                    "customer-key": FAKE_ENV["APPZEN_CUSTOMER_KEY"]}),
     ],
 )
 def test_header_auth(vendor, headers):
@@ -98,7 +100,7 @@ def test_modulus_token_is_fetched_once_and_renewed_when_refused():
     again = auth.apply(Request("PATCH", "/api/inv/v1/Invoice"), send)
     assert first.params == again.params == {"token": "tok-1-abcdef"}
     assert sent[0] == Request("POST", "/api/cmn/Authenticate",
-                              form={"app": "modulus-app-test-6666", "secret": "modulus-secret-test-7777"})
+                              form={"app": FAKE_ENV["MODULUS_APP"], "secret": FAKE_ENV["MODULUS_SECRET"]})
     auth.invalidate(first)
     renewed = auth.apply(Request("PATCH", "/api/inv/v1/Invoice"), send)
     assert renewed.params == {"token": "tok-2-abcdef"}
@@ -272,4 +274,5 @@ def test_tuning_settings():
 
 def test_credentials_are_secret_types():
     settings = VendorSettings.from_env("alfred", ("API_KEY", "API_SECRET"), FAKE_ENV)
-    assert "alfred-key-test-1111" not in repr(settings) and "alfred-key-test-1111" not in str(settings)
+    key = FAKE_ENV["ALFRED_API_KEY"]
+    assert key not in repr(settings) and key not in str(settings)

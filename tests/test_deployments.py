@@ -65,8 +65,8 @@ def test_each_deployment_runs_the_inbox_flow_with_parameters_it_accepts(config, 
 
 
 def test_no_credentials_in_prefect_yaml():
-    from connectors import CONNECTORS
-    from connectors.sandbox import Sandbox
+    from connectors.registry import CONNECTORS
+    from sandbox import Sandbox
 
     text = PREFECT_YAML.read_text(encoding="utf-8")
     for vendor, connector in CONNECTORS.items():

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.base import ErrorCode, Outcome
-from connectors.transport import RowResult
-from flows.planning import KEY, Plan, plan_rows
-from flows.results import _write_csv, assemble_results, summarize
+from connectors.vocabulary import ErrorCode, Outcome
+from connectors.vocabulary import RowResult
+from flows.pipeline.planning import KEY, Plan, plan_rows
+from flows.pipeline.results import _write_csv, assemble_results, summarize
 
 NASTY = ["plain", "", None, "comma, inside", 'quote " inside', '"', '""', "new\nline", "carriage\rreturn",
          "tab\there", " lead", "trail ", "semi;colon", "é ü ß", "x,\"y\"\nz", "=1+2", "a'b"]

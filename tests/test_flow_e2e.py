@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors import VENDORS as ALL_VENDORS
-from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
-from flows.sync import CHUNKS_IN_FLIGHT_PER_VENDOR, lanes
+from connectors.registry import VENDORS as ALL_VENDORS
+from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
+from flows.orchestration.dispatch import CHUNKS_IN_FLIGHT_PER_VENDOR, lanes
 from tests.helpers import artifacts_of, seed_approvals
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]

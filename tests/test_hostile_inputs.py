@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import VENDORS as ALL_VENDORS
-from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, main
-from flows.planning import plan_rows
-from flows.reader import UnusableFile, read_decisions
-from flows.results import assemble_results
-from flows.validation import validate_decisions
+from connectors.registry import VENDORS as ALL_VENDORS
+from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, main
+from flows.pipeline.planning import plan_rows
+from flows.pipeline.reader import UnusableFile, read_decisions
+from flows.pipeline.results import assemble_results
+from flows.pipeline.validation import validate_decisions
 
 GOOD = "invoice_id,vendor,decision\n000123,alfred,approve\n"
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows import inbox as ib
-from flows.cli import SAMPLE_FILE, SAMPLE_SANDBOX_SEED
-from flows.secrets import block_name, push_secrets, read_secret_blocks, setting_names, settings_environ
+from flows.orchestration import inbox as ib
+from flows.state import inbox_folder
+from flows.cli.main import SAMPLE_FILE, SAMPLE_SANDBOX_SEED
+from flows.orchestration.secrets import block_name, push_secrets, read_secret_blocks, setting_names, settings_environ
 from tests.helpers import artifacts_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def drop(folder: Path, name: str, content: bytes | str = b"invoice_id,vendor,dec
     ],
 )
 def test_temporary_names_are_never_taken(name, temporary):
-    assert ib.is_temporary(name) is temporary
+    assert inbox_folder.is_temporary(name) is temporary
 
 
 def test_snapshot_lists_finished_looking_regular_files_only(tmp_path):
@@ -64,8 +65,8 @@ def test_snapshot_lists_finished_looking_regular_files_only(tmp_path):
     drop(box, ".c.csv")
     (box / "sub").mkdir()
     (box / "link.csv").symlink_to(box / "a.csv")
-    assert set(ib.snapshot(box)) == {"a.csv"}
-    assert ib.snapshot(tmp_path / "missing") == {}
+    assert set(inbox_folder.snapshot(box)) == {"a.csv"}
+    assert inbox_folder.snapshot(tmp_path / "missing") == {}
 
 
 class FakeTime:
@@ -98,7 +99,7 @@ def test_half_written_files_are_left_for_later(tmp_path):
         young.write_bytes(young.read_bytes() + b"2,alfred,approve\n")
 
     fake.during_sleep = writer_keeps_writing
-    ready, settling = ib.ready_files(box, settle_seconds=5, clock=fake.clock, sleep=fake.sleep)
+    ready, settling = inbox_folder.ready_files(box, settle_seconds=5, clock=fake.clock, sleep=fake.sleep)
     assert ready == ["done.csv"]
     assert settling == ["growing.csv", "young.csv"]
     assert 4.0 <= fake.slept[0] <= 5.0  # waited for the young file to come of age, not longer
@@ -109,11 +110,11 @@ def test_a_young_file_is_taken_once_it_has_settled(tmp_path):
     box = tmp_path / "inbox"
     drop(box, "young.csv", age=2)
     fake = FakeTime()
-    ready, settling = ib.ready_files(box, settle_seconds=5, clock=fake.clock, sleep=fake.sleep)
+    ready, settling = inbox_folder.ready_files(box, settle_seconds=5, clock=fake.clock, sleep=fake.sleep)
     assert (ready, settling) == (["young.csv"], [])
     assert fake.slept and 2.9 <= fake.slept[0] <= 3.1  # the rest of its 5 seconds
     fake = FakeTime()
-    assert ib.ready_files(box, settle_seconds=0, clock=fake.clock, sleep=fake.sleep) == (["young.csv"], [])
+    assert inbox_folder.ready_files(box, settle_seconds=0, clock=fake.clock, sleep=fake.sleep) == (["young.csv"], [])
     assert fake.slept == []  # settle 0: no second look needed
 
 
@@ -122,7 +123,7 @@ def test_a_file_dropped_while_looking_waits_for_the_next_look(tmp_path):
     drop(box, "a.csv")
     fake = FakeTime()
     fake.during_sleep = lambda: drop(box, "late.csv", age=0)
-    ready, settling = ib.ready_files(box, settle_seconds=1, clock=fake.clock, sleep=fake.sleep)
+    ready, settling = inbox_folder.ready_files(box, settle_seconds=1, clock=fake.clock, sleep=fake.sleep)
     assert ready == ["a.csv"] and settling == ["late.csv"]
 
 
@@ -130,19 +131,19 @@ def test_a_file_dropped_while_looking_waits_for_the_next_look(tmp_path):
 
 
 def test_claim_moves_the_file_into_the_run_folder_and_the_loser_gets_nothing(tmp_path):
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     layout.create()
     drop(layout.inbox, "a.csv")
-    mine = ib.claim(layout, "a.csv", "run-1")
+    mine = inbox_folder.claim(layout, "a.csv", "run-1")
     assert mine == layout.claimed / "run-1" / "a.csv" and mine.exists()
-    assert ib.claim(layout, "a.csv", "run-2") is None
+    assert inbox_folder.claim(layout, "a.csv", "run-2") is None
     assert not (layout.inbox / "a.csv").exists()
 
 
 CLAIMER = """
 import json, sys, time
 from pathlib import Path
-from flows.inbox import InboxLayout, claim_ready
+from flows.state.inbox_folder import InboxLayout, claim_ready
 layout = InboxLayout.of(sys.argv[1])
 go = Path(sys.argv[3])
 Path(sys.argv[3] + "-" + sys.argv[2]).touch()  # imported, waiting
@@ -156,7 +157,7 @@ print(json.dumps([p.name for p in claim_ready(layout, names, sys.argv[2])]))
 def test_concurrent_claimers_in_separate_processes_never_share_a_file(tmp_path):
     import json
 
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     layout.create()
     names = [f"f{i:03d}.csv" for i in range(300)]
     for name in names:
@@ -185,60 +186,61 @@ def test_concurrent_claimers_in_separate_processes_never_share_a_file(tmp_path):
 
 
 def test_max_files_limits_one_run(tmp_path):
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     layout.create()
     for name in ("a.csv", "b.csv", "c.csv"):
         drop(layout.inbox, name)
-    first = ib.claim_ready(layout, ["a.csv", "b.csv", "c.csv"], "run-1", max_files=1)
-    second = ib.claim_ready(layout, ["a.csv", "b.csv", "c.csv"], "run-2", max_files=1)  # a.csv is gone: takes b
+    first = inbox_folder.claim_ready(layout, ["a.csv", "b.csv", "c.csv"], "run-1", max_files=1)
+    second = inbox_folder.claim_ready(layout, ["a.csv", "b.csv", "c.csv"], "run-2", max_files=1)  # a.csv is gone: takes b
     assert [p.name for p in first] == ["a.csv"] and [p.name for p in second] == ["b.csv"]
-    assert ib.claim_ready(layout, ["zzz.csv"], "run-3") == [] and not (layout.claimed / "run-3").exists()
+    assert inbox_folder.claim_ready(layout, ["zzz.csv"], "run-3") == [] and not (layout.claimed / "run-3").exists()
 
 
 # -- moving on ----------------------------------------------------------------------------------
 
 
 def test_finish_moves_to_processed_or_rejected_with_the_reason_beside_it(tmp_path):
-    layout = ib.InboxLayout.of(tmp_path / "data" / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "data" / "inbox")
     layout.create()
     assert layout.processed == tmp_path / "data" / "processed"
     for name in ("a.csv", "b.txt", "c.csv"):
         drop(layout.inbox, name)
-    a = ib.finish(layout, ib.claim(layout, "a.csv", "r1"), when="20261130T180000Z")
+    a = inbox_folder.finish(layout, inbox_folder.claim(layout, "a.csv", "r1"), when="20261130T180000Z")
     assert a == layout.processed / "a-20261130T180000Z.csv" and a.exists()
-    b = ib.finish(layout, ib.claim(layout, "b.txt", "r1"), rejected_because="unusable file: not CSV", when="20261130T180000Z")
+    b = inbox_folder.finish(layout, inbox_folder.claim(layout, "b.txt", "r1"), rejected_because="unusable file: not CSV", when="20261130T180000Z")
     assert b == layout.rejected / "b-20261130T180000Z.txt" and b.exists()
     reason = (layout.rejected / "b-20261130T180000Z.txt.reason.txt").read_text()
     assert "b.txt was not processed" in reason and "unusable file: not CSV" in reason
     assert not (layout.claimed / "r1").exists()  # the claim folder goes once empty
     # the same name again (next month's decisions.csv, same second): never overwritten
     drop(layout.inbox, "a.csv", content="other")
-    again = ib.finish(layout, ib.claim(layout, "a.csv", "r2"), when="20261130T180000Z")
+    again = inbox_folder.finish(layout, inbox_folder.claim(layout, "a.csv", "r2"), when="20261130T180000Z")
     assert again == layout.processed / "a-20261130T180000Z-2.csv" and a.exists()
 
 
 def test_claims_of_ended_runs_go_back_to_the_inbox(tmp_path):
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     layout.create()
     for name in ("a.csv", "b.csv", "c.csv"):
         drop(layout.inbox, name)
-    ib.claim(layout, "a.csv", "dead-run")
-    ib.claim(layout, "b.csv", "live-run")
-    ib.claim(layout, "c.csv", "dead-run")
+    inbox_folder.claim(layout, "a.csv", "dead-run")
+    inbox_folder.claim(layout, "b.csv", "live-run")
+    inbox_folder.claim(layout, "c.csv", "dead-run")
     drop(layout.inbox, "c.csv", content="a newer c.csv")  # its name is taken again meanwhile
-    released = ib.release_orphans(layout, lambda token: token == "dead-run")
+    released = inbox_folder.release_orphans(layout, lambda token: token == "dead-run")
     assert sorted(p.name for p in released) == ["a.csv", "c-requeued-dead-run.csv"]
     assert (layout.inbox / "c.csv").read_text() == "a newer c.csv"
     assert (layout.claimed / "live-run" / "b.csv").exists() and not (layout.claimed / "dead-run").exists()
-    assert ib.release_orphans(layout, lambda token: 1 / 0) == []  # cannot tell: left alone
+    assert inbox_folder.release_orphans(layout, lambda token: 1 / 0) == []  # cannot tell: left alone
 
 
 # -- Data Docs ----------------------------------------------------------------------------------
 
 
 def test_validation_report_is_standalone_html(tmp_path):
-    from flows.reader import read_decisions
-    from flows.validation import validate_decisions, write_data_docs
+    from flows.pipeline.reader import read_decisions
+    from flows.pipeline.datadocs import write_data_docs
+    from flows.pipeline.validation import validate_decisions
 
     report = validate_decisions(read_decisions(SAMPLE_FILE))
     started = time.monotonic()
@@ -308,7 +310,7 @@ def secret_blocks(prefect_server):
 def test_push_and_read_secret_blocks(secret_blocks, capsys, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from flows.cli import main
+    from flows.cli.main import main
 
     env = {"ALFRED_BASE_URL": "https://alfred.example/api", "ALFRED_API_KEY": "key-1", "ALFRED_API_SECRET": " "}
     saved, skipped = push_secrets(["alfred"], env)
@@ -369,7 +371,7 @@ def good_rows(sandbox, n: int = 3) -> pd.DataFrame:
 @pytest.mark.usefixtures("prefect_server")
 def test_process_inbox_end_to_end(sandbox, tmp_path):
     sandbox.seed_file(SAMPLE_SANDBOX_SEED)
-    layout = ib.InboxLayout.of(tmp_path / "data" / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "data" / "inbox")
     drop(layout.inbox, "decisions.csv", SAMPLE_FILE.read_bytes())  # some rows fail: still processed
     good_rows(sandbox).to_csv(layout.inbox / "good.csv", index=False)
     old(layout.inbox / "good.csv")
@@ -428,7 +430,7 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_server")
 def test_process_inbox_all_good_is_completed_with_settings_from_secret_blocks(sandbox, tmp_path, monkeypatch, secret_blocks):
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     good_rows(sandbox, 4).to_csv(drop(layout.inbox, "good.csv", b""), index=False)
     old(layout.inbox / "good.csv")
     # credentials only in Secret blocks: the environment has none of the vendor settings
@@ -448,7 +450,7 @@ def test_process_inbox_all_good_is_completed_with_settings_from_secret_blocks(sa
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_server")
 def test_process_inbox_refuses_bad_parameters_and_touches_nothing(tmp_path):
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     drop(layout.inbox, "a.csv")
     state = ib.process_inbox(str(layout.inbox), vendors=["nope"], return_state=True)
     assert state.name == "BadParameters" and "nope" in state.message
@@ -480,7 +482,7 @@ def test_a_run_that_cannot_finish_rejects_the_file_with_the_reason(tmp_path, mon
         raise RuntimeError("the ledger database is unreachable")
 
     monkeypatch.setattr(ib, "sync_decisions", broken_sync)
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     drop(layout.inbox, "a.csv")
     state = ib.process_inbox(str(layout.inbox), settle_seconds=0, return_state=True)
     assert state.name == "FilesRejected" and "a.csv: rejected" in state.message
@@ -493,7 +495,7 @@ def test_a_run_that_cannot_finish_rejects_the_file_with_the_reason(tmp_path, mon
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_server")
 def test_a_dry_run_sends_nothing_and_leaves_the_file_to_be_sent(sandbox, tmp_path):
-    layout = ib.InboxLayout.of(tmp_path / "inbox")
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     good_rows(sandbox, 2).to_csv(drop(layout.inbox, "good.csv", b""), index=False)
     old(layout.inbox / "good.csv")
     state = ib.process_inbox(str(layout.inbox), settle_seconds=0, dry_run=True, return_state=True)

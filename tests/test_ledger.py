@@ -15,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from connectors import VENDORS as ALL_VENDORS
-from connectors.base import Decision, ErrorCode, Outcome
-from connectors.transport import RowResult
-from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, main
-from flows.ledger import Ledger, ledger_url
-from flows.prefect_server import free_port
+from connectors.registry import VENDORS as ALL_VENDORS
+from connectors.vocabulary import Decision, ErrorCode, Outcome
+from connectors.vocabulary import RowResult
+from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, main
+from flows.state.ledger import Ledger, ledger_url
+from flows.orchestration.temporary_server import free_port
 from tests.helpers import seed_approvals
 
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=timezone.utc)
@@ -77,7 +77,7 @@ def test_concurrent_answers_share_commits_and_all_are_durable(tmp_path):
 
 
 def test_a_failed_commit_reaches_its_senders_and_the_writer_recovers(tmp_path):
-    from flows.ledger import metadata
+    from flows.state.ledger import metadata
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
     with ledger.engine.begin() as conn:

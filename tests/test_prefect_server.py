@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from connectors.sandbox import Sandbox
-from flows.cli import EXIT_OK, EXIT_ROWS_NOT_DONE, SAMPLE_FILE
-from flows.prefect_server import PrefectServerError, TemporaryPrefectServer, free_port, prefect_api
+from sandbox import Sandbox
+from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, SAMPLE_FILE
+from flows.orchestration.temporary_server import PrefectServerError, TemporaryPrefectServer, free_port, prefect_api
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 120  # a safety net for a loaded machine, not a measure: no test asserts a duration
@@ -154,7 +154,7 @@ def test_an_api_url_from_a_prefect_profile_counts_too(tmp_path):
     profiles.write_text('active = "remote"\n\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n')
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path), PREFECT_PROFILES_PATH=str(profiles), PYTHONPATH=str(REPO_ROOT))
-    probe = ("import sys\nfrom flows.prefect_server import prefect_api\n"
+    probe = ("import sys\nfrom flows.orchestration.temporary_server import prefect_api\n"
              "with prefect_api() as wait_for_api:\n"
              "    print(wait_for_api is None, 'prefect.server.api.server' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from connectors import CONNECTORS
-from connectors.base import Decision, ErrorCode, Outcome
-from connectors.ratelimit import HEADROOM, GlobalLimitError, GlobalRateLimiter, RateLimiter, limiter_for
-from connectors.sandbox import Sandbox
+from connectors.registry import CONNECTORS
+from connectors.vocabulary import Decision, ErrorCode, Outcome
+from connectors.sending.ratelimit import HEADROOM, GlobalLimitError, GlobalRateLimiter, RateLimiter, limiter_for
+from sandbox import Sandbox
 from connectors.settings import VendorSettings
-from connectors.transport import VendorClient
+from connectors.sending.client import VendorClient
+from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
 from tests.helpers import FAKE_ENV, max_in_window
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +42,10 @@ def sandbox_server():
 
 
 def make_client(vendor: str = "alfred") -> VendorClient:
+    """A client as the flow builds it: a shared limit, if set, is read from the Prefect API."""
     cls = CONNECTORS[vendor]
-    return VendorClient(cls(VendorSettings.from_env(vendor, cls.credential_names)))
+    settings = VendorSettings.from_env(vendor, cls.credential_names)
+    return VendorClient(cls(settings), limiter=limiter_for(settings, PREFECT_GLOBAL_LIMIT))
 
 
 def decisions(n: int, prefix: str = "INV", vendor: str = "alfred") -> list[Decision]:

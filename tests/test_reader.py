@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.reader import (
+from flows.pipeline.reader import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     UnusableFile,

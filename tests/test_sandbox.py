@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from connectors.sandbox import MODULUS_AUTHENTICATE, VENDORS, Sandbox
+from sandbox import MODULUS_AUTHENTICATE, VENDORS, Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 C = Sandbox.CREDENTIALS
@@ -687,7 +687,7 @@ def test_main_serves_until_interrupted(tmp_path: Path) -> None:
     seed = tmp_path / "seed.csv"
     seed.write_text("vendor,invoice_id\nalfred,CLI-1\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "connectors.sandbox", "--port", "0", "--seed", str(seed)],
+        [sys.executable, "-m", "sandbox", "--port", "0", "--seed", str(seed)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -30,8 +30,8 @@ import pandas as pd
 import pytest
 import requests
 
-from connectors.sandbox import Sandbox
-from flows.prefect_server import free_port
+from sandbox import Sandbox
+from flows.orchestration.temporary_server import free_port
 from tests.helpers import max_in_window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -140,7 +140,8 @@ def deployed(server):
     created = server.run("work-pool", "create", POOL, "--type", "process")
     assert created.returncode == 0, created.stdout + created.stderr
     result = server.run("--no-prompt", "deploy", "--all",
-                        env={"INVOICE_SYNC_POOL": POOL, "INVOICE_SYNC_TIMEZONE": "Europe/Amsterdam"})
+                        env={"INVOICE_SYNC_POOL": POOL, "INVOICE_SYNC_TIMEZONE": "Europe/Amsterdam",
+                             "INVOICE_SYNC_HOME": str(REPO_ROOT)})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "Traceback" not in result.stdout + result.stderr
     assert hashlib.sha256((REPO_ROOT / "prefect.yaml").read_bytes()).hexdigest() == before  # deploy wrote nothing back
@@ -169,7 +170,7 @@ def test_prefect_deploy_all_creates_both_deployments_as_written(server, deployed
     from prefect.server.schemas.schedules import CronSchedule as ServerCron
 
     month_end, file_drop = deployed["month-end-approvals"], deployed["decision-file-drop"]
-    assert month_end.entrypoint == file_drop.entrypoint == "flows/inbox.py:process_inbox"
+    assert month_end.entrypoint == file_drop.entrypoint == "flows/orchestration/inbox.py:process_inbox"
     assert month_end.work_pool_name == file_drop.work_pool_name == POOL
     assert month_end.parameters["inbox"] == "data/month-end" and file_drop.parameters["inbox"] == "data/inbox"
     assert month_end.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
@@ -230,7 +231,7 @@ def scale_out_run(server, deployed, tmp_path_factory):
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.deployments import run_deployment
 
-    from flows.secrets import push_secrets
+    from flows.orchestration.secrets import push_secrets
 
     root = tmp_path_factory.mktemp("scale-out")
     inbox = root / "data" / "inbox"

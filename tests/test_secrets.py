@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from connectors.redact import RedactingFilter, redact, register_secret
-from flows.cli import main
+from flows.cli.main import main
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 

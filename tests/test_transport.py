@@ -11,9 +11,12 @@ import time
 import pytest
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from connectors.base import RETRYABLE_EXCEPTIONS, Action, Decision, ErrorCode, Outcome, Request
-from connectors.ratelimit import HEADROOM, RateLimiter
-from connectors.transport import Http, VendorClient
+from connectors.reading import RETRYABLE_EXCEPTIONS, Action
+from connectors.vocabulary import Decision, ErrorCode, Outcome
+from connectors.wire import Request
+from connectors.sending.ratelimit import HEADROOM, RateLimiter
+from connectors.sending.client import VendorClient
+from connectors.sending.http import Http
 from tests.helpers import FAKE_ENV, connector, response
 
 OK = (202, {"statusCode": 202, "data": True, "message": "update Invoice"})
@@ -57,8 +60,8 @@ def test_success_first_time_carries_credentials_once():
     result = c.send(decision())
     assert (result.outcome, result.http_status, result.attempts) == (Outcome.SUCCEEDED, 202, 1)
     method, url, kwargs = http.calls[0]
-    assert (method, url) == ("PUT", "https://alfred.test/api/v1/third-party-service/invoice/000123")
-    assert kwargs["headers"]["API-Key"] == "alfred-key-test-1111"
+    assert (method, url) == ("PUT", FAKE_ENV["ALFRED_BASE_URL"] + "/invoice/000123")
+    assert kwargs["headers"]["API-Key"] == FAKE_ENV["ALFRED_API_KEY"]
     assert kwargs["json"] == {"status": "approved"}
     assert kwargs["timeout"] == 30.0
 

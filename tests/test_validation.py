@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.reader import read_decisions
-from flows.validation import (
+from flows.pipeline.reader import read_decisions
+from flows.pipeline.validation import (
     DEFAULT_SUITE_PATH,
     SUITE_ENV,
     SuiteError,

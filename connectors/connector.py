@@ -1,0 +1,92 @@
+"""The contract every vendor connector follows.
+
+A connector is declarative: it names its vendor and credentials, builds its auth object,
+turns a `Decision` into a plain `Request` (`build_request`, pure), and reads whatever came
+back (a plain `Response` or an exception) into a `Verdict` through its reading table
+(`connectors.reading`) and two hooks for what bodies say. Sending, retrying, pacing and
+concurrency live in one shared place, `connectors.sending`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Mapping
+
+from connectors.auth import Auth
+from connectors.errors import AuthRefused, AuthUnavailable, GlobalLimitError
+from connectors.reading import READINGS, Action, Reading, ReadingKey, Verdict, exception_reading, status_reading
+from connectors.settings import VendorSettings
+from connectors.vocabulary import Decision
+from connectors.wire import Request, Response, json_body, parse_retry_after, short_text
+
+
+class Connector:
+    """Base class: subclasses declare `name`, `credential_names`, and implement the hooks."""
+
+    name: ClassVar[str]
+    # The credentials this vendor needs, as environment-variable suffixes (e.g. "API_KEY").
+    credential_names: ClassVar[tuple[str, ...]] = ()
+    decision_map: ClassVar[Mapping[str, str]] = {}
+    readings: ClassVar[Mapping[ReadingKey, Reading]] = READINGS
+
+    def __init__(self, settings: VendorSettings) -> None:
+        self.settings = settings
+
+    # -- hooks ------------------------------------------------------------------------------
+    def make_auth(self) -> Auth:
+        """The auth object that puts this vendor's credentials on a request."""
+        raise NotImplementedError
+
+    def build_request(self, decision: Decision) -> Request:
+        """The request that carries one decision; pure, no credentials."""
+        raise NotImplementedError
+
+    def read_success(self, request: Request, response: Response) -> Verdict:
+        """Read a 2xx body: only what the vendor documents as success is one."""
+        raise NotImplementedError
+
+    def read_refusal(self, request: Request, response: Response) -> Verdict | None:
+        """What a non-2xx body says beyond its status ("already in that state"); None: the table decides."""
+        return None
+
+    def error_message(self, response: Response) -> tuple[str, str | None]:
+        """(message, vendor error code) from a vendor's error body."""
+        body = json_body(response)
+        if isinstance(body, dict):
+            message = body.get("message") or body.get("error") or ""
+            return str(message), None
+        return short_text(response), None
+
+    # -- the one reading --------------------------------------------------------------------
+    def classify(
+        self,
+        request: Request,
+        response: Response | None = None,
+        error: BaseException | None = None,
+    ) -> Verdict:
+        """Read the answer to `request` (a response or an exception) into a Verdict."""
+        if error is not None:
+            return self.read_exception(error)
+        assert response is not None
+        status = response.status_code
+        if 200 <= status < 300:
+            return self.read_success(request, response)
+        specific = self.read_refusal(request, response)
+        if specific is not None:
+            return specific
+        reading = status_reading(self.readings, status)
+        message, vendor_code = self.error_message(response)
+        text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+        retry_after = parse_retry_after(response) if reading.action is Action.RETRY else None
+        return Verdict(reading.action, reading.error_code, vendor_code, text, retry_after)
+
+    def read_exception(self, error: BaseException) -> Verdict:
+        """Transport and auth failures, read through the same table."""
+        reading = exception_reading(self.readings, error)
+        kind = type(error).__name__
+        if isinstance(error, (AuthRefused, AuthUnavailable, GlobalLimitError)):
+            message = str(error)  # our own errors say what happened, without credentials
+        elif reading.action is Action.RETRY:
+            message = f"{kind} talking to the vendor"
+        else:
+            message = f"{kind} preparing or sending the request"
+        return Verdict(reading.action, reading.error_code, None, message)

@@ -1,0 +1,1 @@
+"""Sending for every vendor: `VendorClient` (retries, concurrency, stop), `Http`, the limiters."""

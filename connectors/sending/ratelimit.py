@@ -1,0 +1,276 @@
+"""Pacing: limiters that space requests evenly instead of bursting a second's worth at once.
+
+Two limiters share one interface (`acquire()` waits for a send slot, `pause(seconds)` holds
+every slot back after a 429); `limiter_for(settings)` picks one:
+
+* `RateLimiter` paces one worker process: at most `<VENDOR>_RATE_LIMIT` requests in any
+  1-second window, evenly spaced (no bursts), with 3% headroom.
+* `GlobalRateLimiter` shares a vendor's limit between several workers, on several machines,
+  through a Prefect global concurrency limit (GCL) in rate-limit mode, which the orchestration
+  side hands in as a `SharedLimit` (`flows.orchestration.shared_limits`; nothing here imports
+  Prefect). It takes slots in batches (one API round trip per batch, not per request) and still
+  spaces its own requests with a `RateLimiter`, so a batch never goes out as a burst. Turn it on with `<VENDOR>_GLOBAL_LIMIT=<gcl name>`
+  and create the GCL once, on the Prefect server every worker uses:
+
+      prefect gcl create vendor-alfred --limit 50 --slot-decay-per-second 50
+
+  `--slot-decay-per-second` is the rate shared by all workers together (requests/s) and
+  `--limit` the burst size, which is also the batch a worker takes at once. A batch of about
+  one second of the rate keeps the API round trips to a remote server down
+  to a small share of the time; smaller batches waste fewer slots at the end of a run but pay
+  the round trip more often. `<VENDOR>_RATE_LIMIT`, if also set, caps each worker on its own;
+  unset, each worker spaces its requests at the shared rate.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from connectors.errors import GlobalLimitError
+
+if TYPE_CHECKING:
+    from connectors.settings import VendorSettings
+
+# Aim a little under the vendor's limit: thread wake-up jitter must never push a 1-second
+# window over it, and 97% of the limit is still "using it fully".
+HEADROOM = 0.97
+# A caller may wake up this late for its slot before the schedule moves back with it. Of the
+# ~31 ms the headroom leaves in every 1-second window, 10 ms go to this; the rest covers the
+# trip from our thread to the vendor's clock.
+LATE_TOLERANCE = 0.010
+
+
+def spacing(rate: float | None) -> float:
+    """Seconds between slots for `rate` requests/s (0 without a rate).
+
+    A limit counts whole requests in any 1-second window, so a fractional rate above 1 is
+    paced as its whole part (7.5/s: never 8 in one second); below 1 it is the gap itself.
+    """
+    if not rate:
+        return 0.0
+    whole = math.floor(rate) if rate >= 1 else rate
+    return 1.0 / (whole * HEADROOM)
+
+
+class RateLimiter:
+    """Hands out send slots at most `rate` per second, evenly apart (GCRA with no burst).
+
+    The gap is `spacing(rate)`: `1/rate` with 3% headroom, so no 1-second window ever holds
+    more than `rate` requests, even with a little thread wake-up jitter. Callers wait for
+    their slot one at a time, and a caller that wakes up more than `LATE_TOLERANCE` after its
+    slot pushes the next slot back by the excess: on a busy machine a late thread is never
+    followed by an on-time one a moment later (late slots do not bunch up).
+
+    Every attempt takes a slot (retries and token fetches included). `pause(seconds)` holds
+    every slot back, which is how a 429 slows the whole vendor down before it recovers.
+    With `rate=None` there is no spacing, but pauses still apply.
+    """
+
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self.interval = spacing(rate)
+        self._clock = clock
+        self._sleep = sleep
+        self._turn = threading.Lock()  # callers wait for their slot one at a time
+        self._lock = threading.Lock()  # guards the fields below; never held while sleeping
+        self._next_slot = 0.0
+        self._pauses = 0  # bumped by every pause that moved the next slot
+
+    def acquire(self) -> float:
+        """Wait for this caller's slot; returns how long it waited."""
+        if not self.interval:  # no spacing: only a pause can hold the caller back
+            with self._lock:
+                if self._next_slot <= self._clock():
+                    return 0.0
+        waited = 0.0
+        with self._turn:
+            while True:
+                with self._lock:
+                    now = self._clock()
+                    slot = max(now, self._next_slot)
+                    pauses = self._pauses
+                if slot > now:
+                    self._sleep(slot - now)
+                    waited += slot - now
+                with self._lock:
+                    if self._pauses != pauses:
+                        continue  # a 429 came in while we waited: wait for the pause too
+                    late = self._clock() - slot
+                    self._next_slot = slot + self.interval + max(0.0, late - LATE_TOLERANCE)
+                    return waited
+
+    def pause(self, seconds: float) -> None:
+        """No slot is handed out for the next `seconds` (the vendor asked us to back off)."""
+        with self._lock:
+            until = self._clock() + seconds
+            if until > self._next_slot:
+                self._next_slot = until
+                self._pauses += 1
+
+    def set_rate(self, rate: float | None) -> None:
+        """Change the spacing from the next slot on (pauses already set are kept)."""
+        with self._lock:
+            self.rate = rate
+            self.interval = spacing(rate)
+
+
+# (limit, slot_decay_per_second, active) of a GCL, read once per limiter.
+Describe = Callable[[str], "tuple[int, float, bool]"]
+# Blocks until `occupy` slots of the GCL are taken (Prefect's own 423/Retry-After loop).
+TakeSlots = Callable[[str, int], None]
+
+
+class SharedLimit(Protocol):
+    """Where a shared rate lives (a Prefect GCL in rate-limit mode: `flows.orchestration.shared_limits`)."""
+
+    def describe(self, name: str) -> tuple[int, float, bool]:
+        """(limit, slot decay per second, active); raises GlobalLimitError if it cannot be used."""
+        ...
+
+    def take(self, name: str, occupy: int) -> None:
+        """Block until `occupy` slots are taken."""
+        ...
+
+
+class NoSharedLimit:
+    """No place to read a shared limit from: never send without it."""
+
+    def describe(self, name: str) -> tuple[int, float, bool]:
+        raise GlobalLimitError(f"shared limit {name!r} is set, but no Prefect API was given to read it from")
+
+    def take(self, name: str, occupy: int) -> None:
+        raise GlobalLimitError(f"shared limit {name!r}: no Prefect API to take slots from")
+
+
+class GlobalRateLimiter:
+    """A vendor's rate shared by many workers through a Prefect GCL in rate-limit mode.
+
+    Slots are taken from the GCL `batch` at a time (default: the GCL's limit, its burst
+    size) and kept in a local stock; each request then also waits for its slot in a local
+    `RateLimiter` (the worker's own `rate`, or the GCL's decay rate when `rate` is None), so
+    a batch is spread out, never sent as a burst.
+
+    Each request uses `1/HEADROOM` slots (about 1.03): the workers together send at most 97%
+    of the GCL's rate, the same headroom the local spacing keeps, so batches handed to
+    different workers one after the other do not add up to more than the limit in a second.
+
+    Slots older than two batch periods are dropped unused: a worker that sat idle must not
+    spend old slots on top of the ones others are taking now. The GCL is never asked again
+    sooner than one batch period after this worker's last batch arrived (no one can get
+    slots before then): asking early only earns a 423 and one of Prefect's randomised retry
+    waits.
+
+    `pause()` holds back this worker only; other workers see a 429 themselves.
+    A GCL that is missing, inactive or has no slot decay raises `GlobalLimitError` from
+    `acquire()`, every time: requests are never sent without the shared limit.
+    """
+
+    COST = 1.0 / HEADROOM  # GCL slots per request
+
+    def __init__(
+        self,
+        name: str,
+        rate: float | None = None,
+        *,
+        batch: int | None = None,
+        describe: Describe | None = None,
+        take_slots: TakeSlots | None = None,
+        shared: SharedLimit | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if batch is not None and batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.name = name
+        self.rate = rate
+        self.batch = batch
+        self.local = RateLimiter(rate, clock=clock, sleep=sleep)
+        backend = shared or NoSharedLimit()
+        self._describe = describe or backend.describe
+        self._take_slots = take_slots or backend.take
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()  # one GCL call at a time; guards the stock below
+        self._ready = False
+        self._error: GlobalLimitError | None = None
+        self._stock = 0.0  # GCL slots taken and not used yet
+        self._stock_expires = 0.0
+        self._last_grant = float("-inf")  # when the answer granting our last batch came back
+        self.decay = 0.0
+        self.max_age = 0.0
+        # Counters for tests and the benchmark.
+        self.gcl_calls = 0
+        self.slots_taken = 0
+        self.slots_dropped = 0.0
+
+    def acquire(self) -> float:
+        """Wait for slots from the shared limit, then for this worker's spacing; returns the wait."""
+        started = self._clock()
+        with self._lock:
+            if not self._ready:
+                self._setup()
+            if self._stock and self._clock() >= self._stock_expires:
+                self.slots_dropped += self._stock
+                self._stock = 0.0
+            while self._stock < self.COST - 1e-9:
+                self._refill()
+            self._stock -= self.COST
+        self.local.acquire()
+        return self._clock() - started
+
+    def pause(self, seconds: float) -> None:
+        self.local.pause(seconds)
+
+    # -- internals (called with self._lock held) -------------------------------------------
+    def _setup(self) -> None:
+        if self._error is not None:
+            raise self._error
+        try:
+            limit, decay, active = self._describe(self.name)
+            if not active:
+                raise GlobalLimitError(f"Prefect global concurrency limit {self.name!r} is inactive")
+            if decay <= 0:
+                raise GlobalLimitError(
+                    f"Prefect global concurrency limit {self.name!r} has no slot decay, so it is not a rate "
+                    f"limit; set one: `prefect gcl update {self.name} --slot-decay-per-second <rate>`"
+                )
+            if limit < 1:
+                raise GlobalLimitError(f"Prefect global concurrency limit {self.name!r} has a limit of 0")
+        except GlobalLimitError as exc:
+            self._error = exc
+            raise
+        self.batch = min(self.batch or limit, limit)
+        self.decay = decay
+        spending = min(decay, self.rate or decay)
+        self.max_age = 2.0 * self.batch / spending
+        if self.rate is None:
+            self.local.set_rate(decay)
+        self._ready = True
+
+    def _refill(self) -> None:
+        wait = self._last_grant + self.batch / self.decay - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+        self._take_slots(self.name, self.batch)
+        self._last_grant = self._clock()  # the answer is never earlier than the grant
+        self.gcl_calls += 1
+        self.slots_taken += self.batch
+        self._stock += self.batch
+        self._stock_expires = self._last_grant + self.max_age
+
+
+def limiter_for(settings: "VendorSettings", shared: SharedLimit | None = None) -> RateLimiter | GlobalRateLimiter:
+    """The limiter the settings ask for: shared through `shared` (a Prefect GCL), or this worker's own."""
+    name = settings.global_limit
+    if name:
+        return GlobalRateLimiter(name, settings.rate_limit, shared=shared)
+    return RateLimiter(settings.rate_limit)

@@ -1,0 +1,1 @@
+"""One module per vendor: its endpoint, auth, `build_request` and readings of its answers."""

@@ -1,0 +1,68 @@
+"""alfred (Penny API): `PUT {base}/invoice/{id}` with `{"status": "approved" | "cancel"}`.
+
+Documented: method, path, the `API-Key`/`API-Secret` headers, the body, the 202 success body
+(`data: true`), 404 and the 422 VALIDATION_ERROR shape. Assumed: 401/403 for wrong credentials
+and the wording of "already approved/cancelled" reasons, which we treat as success so that a
+retry after an ambiguous failure is safe.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from connectors.auth import HeaderAuth
+from connectors.connector import Connector
+from connectors.reading import Action, Verdict
+from connectors.vocabulary import Decision, ErrorCode
+from connectors.wire import Request, Response, json_body
+
+ALREADY = re.compile(r"already\s+(approved|cancel)", re.IGNORECASE)
+
+
+class AlfredConnector(Connector):
+    name = "alfred"
+    credential_names = ("API_KEY", "API_SECRET")
+    decision_map = {"approve": "approved", "cancel": "cancel"}
+
+    def make_auth(self) -> HeaderAuth:
+        creds = self.settings.credentials
+        return HeaderAuth({"API-Key": creds["API_KEY"], "API-Secret": creds["API_SECRET"]})
+
+    def build_request(self, decision: Decision) -> Request:
+        return Request(
+            "PUT",
+            f"/invoice/{quote(decision.invoice_id, safe='')}",
+            json={"status": self.decision_map[decision.decision]},
+        )
+
+    def read_success(self, request: Request, response: Response) -> Verdict:
+        body = json_body(response)
+        if isinstance(body, dict) and body.get("data") is True:
+            return Verdict(Action.SUCCEED, message=str(body.get("message") or ""))
+        if isinstance(body, dict) and body.get("data") is False:
+            return Verdict(
+                Action.FAIL,
+                ErrorCode.VENDOR_REJECTED,
+                message=f"HTTP {response.status_code} but data is false: {body.get('message', '')}",
+            )
+        return Verdict(Action.FAIL, ErrorCode.BAD_RESPONSE, message=f"HTTP {response.status_code} without data: true")
+
+    def read_refusal(self, request: Request, response: Response) -> Verdict | None:
+        if response.status_code != 422:
+            return None
+        message, code = self.error_message(response)
+        already = ALREADY.search(message)
+        if already and already.group(1).lower() == request.json["status"]:
+            return Verdict(Action.SUCCEED, message=f"already in that state: {message}")
+        return Verdict(Action.FAIL, ErrorCode.VENDOR_REJECTED, code, f"HTTP 422: {message}")
+
+    def error_message(self, response: Response) -> tuple[str, str | None]:
+        body = json_body(response)
+        if not isinstance(body, dict):
+            return super().error_message(response)
+        reasons = [str(r.get("message")) for r in body.get("reasons") or [] if isinstance(r, dict)]
+        message = str(body.get("message") or "")
+        if reasons:
+            message = f"{message} ({'; '.join(reasons)})" if message else "; ".join(reasons)
+        return message, body.get("code")

@@ -1,0 +1,255 @@
+"""`invoice-sync`: run a decision file, validate one, serve the sandbox, or run the demo.
+
+Exit codes: 0 every row succeeded or was skipped; 1 the run finished but some rows failed or
+were rejected; 2 nothing was sent because the file itself (or the command line) is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE = 0, 1, 2
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_FILE = REPO_ROOT / "data" / "sample" / "decisions.csv"
+SAMPLE_SANDBOX_SEED = REPO_ROOT / "data" / "sample" / "sandbox_invoices.csv"
+
+
+def _quiet_defaults(verbose: bool) -> None:
+    """Offline and quiet by default; set before Prefect or GX are imported."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        # Task-run chatter stays in the Prefect UI; the terminal gets warnings and our summary.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invoice-sync", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs on the terminal")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="send the decisions in FILE and write the results")
+    run.add_argument("file", help="decision file (.csv or .parquet)")
+    run.add_argument("--out", default="data/results", help="results folder (default: data/results)")
+    run.add_argument("--dry-run", action="store_true", help="read, validate and plan; send nothing")
+    run.add_argument("--vendors", help="comma-separated vendors to include (default: all)")
+    run.add_argument("--chunk-size", type=int, default=None, help="decisions per Prefect task")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="send again the decisions an earlier run saw fail permanently")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    validate = sub.add_parser("validate", help="check FILE without sending anything")
+    validate.add_argument("file")
+    validate.add_argument("--show", type=int, default=20, help="rejected rows to list (default 20)")
+
+    sandbox = sub.add_parser("sandbox", help="serve the four simulated vendor APIs on 127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--seed", default=str(SAMPLE_SANDBOX_SEED), help="CSV of invoices to create")
+    sandbox.add_argument("--auto-create", action="store_true", help="unknown invoice ids exist as pending")
+
+    demo = sub.add_parser("demo", help="run the sample file against a built-in sandbox")
+    demo.add_argument("--out", default="data/results/demo")
+
+    secrets = sub.add_parser("secrets", help="vendor settings as Prefect Secret blocks (alfred-api-key, ...)")
+    secrets.add_argument("action", choices=["push", "list"],
+                         help="push: save the settings set in this environment as blocks; list: where each is set")
+    secrets.add_argument("--vendors", help="comma-separated vendors (default: all)")
+    return parser
+
+
+def console_main() -> NoReturn:
+    """The `invoice-sync` command: `main`, then a quick exit once everything is written."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush what is pending and leave without tearing the interpreter down.
+
+    Unloading pandas, Great Expectations and Prefect module by module takes a second or more, after
+    the results, the ledger and the temporary server are already closed; nothing in it is ours.
+    """
+    if "prefect" in sys.modules:  # logs and events still queued for the Prefect API go out first
+        from flows.orchestration.temporary_server import send_queued_logs_and_events
+
+        send_queued_logs_and_events()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_defaults(args.verbose)
+    if args.command == "sandbox":
+        import sandbox
+
+        cmd = ["--port", str(args.port)] + (["--seed", args.seed] if args.seed else [])
+        return sandbox.main(cmd + (["--auto-create"] if args.auto_create else []))
+    if args.command == "validate":
+        return validate_command(args.file, args.show)
+    if args.command == "demo":
+        return demo_command(args.out)
+    from connectors.registry import UnknownVendor, parse_vendors
+
+    try:
+        vendors = parse_vendors(args.vendors)
+    except UnknownVendor as error:
+        print(f"invoice-sync: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.command == "secrets":
+        return secrets_command(args.action, vendors)
+    return run_command(args.file, args.out, dry_run=args.dry_run, vendors=vendors, chunk_size=args.chunk_size,
+                       retry_failed=args.retry_failed, show_progress=False if args.no_progress else None)
+
+
+def run_command(path: str, out: str, *, dry_run: bool = False, vendors: list[str] | None = None,
+                chunk_size: int | None = None, retry_failed: bool = False, show_progress: bool | None = None) -> int:
+    """Run the flow on one file and print what happened."""
+    from connectors.redact import install_log_redaction
+    from flows.orchestration.temporary_server import PrefectServerError, prefect_api
+
+    try:
+        with prefect_api() as wait_for_api:  # Prefect's temporary server, if it needs one, boots from here on
+            from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, NOTHING_SENT_STATES, sync_decisions
+
+            if wait_for_api:
+                _import_great_expectations()
+                wait_for_api()
+            install_log_redaction()
+            state = sync_decisions(path, out_dir=out, dry_run=dry_run, vendors=vendors,
+                                   chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, retry_failed=retry_failed,
+                                   show_progress=show_progress,
+                                   return_state=True)
+            if state.name in NOTHING_SENT_STATES:
+                print(f"invoice-sync: {state.message}", file=sys.stderr)
+                return EXIT_UNUSABLE
+            summary = state.result(raise_on_failure=False)
+    except PrefectServerError as exc:  # raised before the flow started: nothing was sent
+        print(f"invoice-sync: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not hasattr(summary, "counts"):  # the flow itself crashed: say so without a traceback
+        print(f"invoice-sync: run failed: {state.message}", file=sys.stderr)
+        return EXIT_UNUSABLE if summary is None else EXIT_ROWS_NOT_DONE
+    print_summary(summary)
+    return EXIT_OK if summary.all_done else EXIT_ROWS_NOT_DONE
+
+
+def _import_great_expectations() -> None:
+    """Import GX (by loading the suite) now, while Prefect's server boots, instead of in the validate task."""
+    from flows.pipeline.validation import SuiteError, load_suite
+
+    try:
+        load_suite()
+    except SuiteError:  # the flow reports an unusable suite itself
+        pass
+
+
+def print_summary(summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"invoice-sync {'dry run' if summary.dry_run else 'run'} {summary.run_id}")
+    table.add_column("vendor")
+    outcomes = list(summary.counts)
+    for outcome in outcomes:
+        table.add_column(outcome, justify="right")
+    table.add_column("top errors")
+    for vendor, counts in summary.by_vendor.items():
+        errors = ", ".join(f"{code} ({n})" for code, n in summary.top_errors.get(vendor, []))
+        table.add_row(vendor, *(str(counts[o]) for o in outcomes), errors)
+    table.add_row("total", *(str(summary.counts[o]) for o in outcomes), "", style="bold")
+    console = Console()
+    console.print(table)
+    console.print(f"{summary.rows} rows from {summary.source} in {summary.seconds:.1f} s")
+    console.print(f"results: {summary.results_path}  (spreadsheet copy: {summary.csv_path})")
+
+
+def validate_command(path: str, show: int) -> int:
+    """Read, validate and plan FILE; list the rows that would not be sent."""
+    import numpy as np
+
+    from flows.pipeline.planning import plan_rows
+    from flows.pipeline.reader import UnusableFile, read_decisions
+    from flows.pipeline.validation import SuiteError, ValidationError, validate_decisions
+
+    try:
+        frame = read_decisions(path)
+    except UnusableFile as exc:
+        print(f"invoice-sync: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        report = validate_decisions(frame)
+    except (SuiteError, ValidationError) as exc:
+        print(f"invoice-sync: validation could not run: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    plan_ = plan_rows(frame, report.row_errors)
+    rejected = np.flatnonzero(plan_.outcome == "rejected")
+    held = list(zip(frame["row_number"].to_numpy()[rejected].tolist(), plan_.error_message[rejected]))
+    skipped = int(np.count_nonzero(plan_.outcome == "skipped"))
+    print(f"{path}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates")
+    for row, message in held[:show]:
+        print(f"  row {row}: {message}")
+    if len(held) > show:
+        print(f"  … and {len(held) - show} more")
+    return EXIT_OK if not held else EXIT_ROWS_NOT_DONE
+
+
+def secrets_command(action: str, vendors: list[str] | None = None) -> int:
+    """`invoice-sync secrets push|list`: exit 0, or 2 when the Prefect API cannot be reached."""
+    from flows.orchestration.secrets import block_name, push_secrets, read_secret_blocks, setting_names
+    from flows.pipeline.files import one_line
+
+    try:
+        if action == "push":
+            saved, skipped = push_secrets(vendors)
+            for name in saved:
+                print(f"saved Secret block {name}")
+            if skipped:
+                print(f"not set in this environment, not saved: {', '.join(skipped)}")
+            if not saved:
+                print("nothing saved: no vendor setting is set in this environment")
+            return 0
+        names = setting_names(vendors)
+        blocks = read_secret_blocks(names)
+    except Exception as error:
+        print(f"invoice-sync: cannot reach the Prefect API: {one_line(error, 300)}", file=sys.stderr)
+        return 2
+    width = max(len(n) for n in names)
+    print(f"{'setting':<{width}}  {'environment':<11}  block")
+    for name in names:
+        in_env = "set" if os.environ.get(name, "").strip() else "-"
+        in_block = block_name(name) if name in blocks else "-"
+        print(f"{name:<{width}}  {in_env:<11}  {in_block}")
+    return 0
+
+
+
+def demo_command(out: str) -> int:
+    """Start the sandbox, point every vendor at it, run the sample file."""
+    import tempfile
+
+    from sandbox import Sandbox
+
+    # A new sandbox knows nothing of earlier demos: give this demo a ledger of its own too.
+    with Sandbox() as sandbox, tempfile.TemporaryDirectory(prefix="invoice-sync-demo-") as state:
+        sandbox.seed_file(SAMPLE_SANDBOX_SEED)
+        os.environ.update(sandbox.env())
+        os.environ["INVOICE_SYNC_STATE_DIR"] = state
+        os.environ.pop("INVOICE_SYNC_LEDGER_URL", None)
+        print(f"sandbox serving the four vendor APIs at {sandbox.url}")
+        code = run_command(str(SAMPLE_FILE), out, show_progress=False)
+    if code == EXIT_ROWS_NOT_DONE:
+        print("run exit code 1, as expected: the sample holds rows that must be rejected or fail")
+    return EXIT_OK if code in (EXIT_OK, EXIT_ROWS_NOT_DONE) else code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    console_main()

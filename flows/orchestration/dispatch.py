@@ -1,0 +1,166 @@
+"""Sending a plan: a client per vendor, chunks as Prefect tasks, a few in flight per vendor."""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+from connectors.registry import CONNECTORS
+from connectors.sending.client import VendorClient
+from connectors.sending.ratelimit import limiter_for
+from connectors.settings import VendorSettings
+from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
+from flows.orchestration.progress import RunProgress
+from flows.orchestration.secrets import settings_environ
+from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
+from flows.pipeline.planning import Plan, decisions_for
+from flows.state.ledger import Ledger
+
+# Each chunk is one task run, whose orchestration shares the CPU with the sending threads:
+# large chunks keep that to a few task runs a minute per vendor, while progress still shows
+# every row (bars) and every PROGRESS_EVERY seconds (artifact). docs/performance.md has figures.
+DEFAULT_CHUNK_SIZE = 2000
+CHUNKS_IN_FLIGHT_PER_VENDOR = 2  # the next chunk is ready when one ends: no idle gap per vendor
+PROGRESS_EVERY = 2.0  # seconds between updates of the progress artifact while chunks run
+TASK_WORKERS = CHUNKS_IN_FLIGHT_PER_VENDOR * len(CONNECTORS)
+
+
+@dataclass
+class VendorClients:
+    """A client per vendor whose settings are usable, and the settings of those that are not."""
+
+    ready: dict[str, VendorClient] = field(default_factory=dict)
+    unusable: dict[str, VendorSettings] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for client in self.ready.values():
+            client.close()
+
+
+@task(cache_policy=NO_CACHE)
+def open_clients(vendors: list[str], environ: Mapping[str, str] | None = None) -> VendorClients:
+    """Build each vendor's settings, and a client for every vendor whose settings are usable."""
+    clients = VendorClients()
+    for vendor in vendors:
+        connector_class = CONNECTORS[vendor]
+        settings = VendorSettings.from_env(vendor, connector_class.credential_names, environ)
+        if settings.usable:
+            limiter = limiter_for(settings, PREFECT_GLOBAL_LIMIT)
+            clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter)
+        else:
+            get_run_logger().error("%s is not configured: %s", vendor, "; ".join(settings.problems))
+            clients.unusable[vendor] = settings
+    return clients
+
+
+@task(cache_policy=NO_CACHE)
+def send_chunk(
+    client: VendorClient, frame: pd.DataFrame, positions: np.ndarray, ledger: Ledger, run_id: str, progress: RunProgress
+) -> list[RowResult]:
+    """Send one chunk of one vendor's decisions, recording each answer in the ledger as it comes."""
+
+    def answered(decision: Decision, result: RowResult) -> None:
+        try:
+            ledger.record(decision, result, run_id)
+        except Exception as exc:  # keep the vendor's answer; a rerun re-sends it, which is safe
+            result.error_message = f"{result.error_message} (not recorded in the ledger: {type(exc).__name__})".strip()
+            get_run_logger().error("ledger write failed for row %d: %s", decision.row_number, exc)
+        progress.advance(client.vendor)
+
+    return client.send_many(decisions_for(frame, positions), on_result=answered)
+
+
+def unconfigured_results(frame: pd.DataFrame, positions: np.ndarray, settings: VendorSettings) -> list[RowResult]:
+    """Rows of a vendor whose settings are missing: failed, never sent (and never to a sandbox)."""
+    message = f"{settings.vendor} is not configured: {'; '.join(settings.problems)}"
+    rows = frame["row_number"].to_numpy()[positions]
+    return [RowResult(int(r), Outcome.FAILED, error_code=ErrorCode.CONFIG_MISSING, error_message=message) for r in rows]
+
+
+Submit = Callable[[str, np.ndarray], PrefectFuture[Any]]
+
+
+def lanes(
+    to_send: Mapping[str, np.ndarray], chunk_size: int, submit: Submit, tick: float | None = None
+) -> Iterator[tuple[str, PrefectFuture[Any]] | None]:
+    """Submit chunks so that each vendor has a few in flight; yield (vendor, future) as they finish,
+    and None every `tick` seconds in between (time to report progress).
+
+    Lanes keep one slow vendor from filling every task-runner worker while the others wait.
+    """
+    pending = {v: deque(p[i : i + chunk_size] for i in range(0, len(p), chunk_size)) for v, p in to_send.items()}
+    finished: queue.Queue[tuple[str, PrefectFuture[Any]]] = queue.Queue()
+    in_flight = 0
+
+    def launch(vendor: str) -> None:
+        nonlocal in_flight
+        future = submit(vendor, pending[vendor].popleft())
+        future.add_done_callback(lambda f, v=vendor: finished.put((v, f)))
+        in_flight += 1
+
+    for vendor in pending:
+        for _ in range(CHUNKS_IN_FLIGHT_PER_VENDOR):
+            if pending[vendor]:
+                launch(vendor)
+    while in_flight:
+        try:
+            vendor, future = finished.get(timeout=tick)
+        except queue.Empty:
+            yield None
+            continue
+        in_flight -= 1
+        yield vendor, future
+        if pending[vendor]:
+            launch(vendor)
+
+
+def dispatch(
+    frame: pd.DataFrame,
+    plan_: Plan,
+    chunk_size: int,
+    ledger: Ledger,
+    run_id: str,
+    show_progress: bool | None,
+    settings_from_blocks: bool = False,
+) -> list[RowResult]:
+    """Send all planned rows, vendors in parallel, chunks in lanes; one result per row."""
+    vendors = sorted(plan_.to_send)
+    # Deployments: settings missing from the environment come from Prefect Secret blocks.
+    environ = settings_environ(vendors, log=get_run_logger()) if settings_from_blocks else None
+    clients = open_clients(vendors, environ)
+    sent: list[RowResult] = []
+    for vendor, settings in clients.unusable.items():
+        sent.extend(unconfigured_results(frame, plan_.to_send[vendor], settings))
+    configured = {v: p for v, p in plan_.to_send.items() if v in clients.ready}
+
+    progress = RunProgress({v: len(p) for v, p in configured.items()}, show_bars=show_progress)
+    artifact_id = create_progress_artifact(progress=0.0, key="invoice-sync-progress", description="Decisions sent")
+
+    def submit(vendor: str, positions: np.ndarray) -> PrefectFuture[Any]:
+        return send_chunk.with_options(task_run_name=f"send-{vendor}-rows-{positions[0] + 1}").submit(
+            clients.ready[vendor], frame, positions, ledger, run_id, progress
+        )
+
+    try:
+        for finished in lanes(configured, chunk_size, submit, tick=PROGRESS_EVERY):
+            if finished is not None:  # None: no chunk ended within a tick, only progress to report
+                vendor, future = finished
+                outcome = future.result(raise_on_failure=False)
+                if isinstance(outcome, list):
+                    sent.extend(outcome)
+                else:  # a bug, not a vendor answer: its rows are reported failed by assemble_results
+                    get_run_logger().error("a chunk for %s crashed: %s", vendor, outcome)
+            update_progress_artifact(artifact_id, progress=round(100 * progress.fraction, 1))
+    finally:
+        progress.close()
+        clients.close()
+    return sent

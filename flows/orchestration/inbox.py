@@ -1,0 +1,156 @@
+"""The flow `process-inbox`: analysts drop decision files into a folder; each is processed once.
+
+It claims the ready files (`flows.state.inbox_folder`), runs `sync_decisions` as a subflow
+on each, and moves each file to processed/ or rejected/.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+
+from connectors.registry import UnknownVendor, parse_vendors
+from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, sync_decisions
+from flows.state.inbox_folder import (
+    DEFAULT_SETTLE_SECONDS,
+    InboxLayout,
+    claim_ready,
+    finish,
+    new_claim_token,
+    put_back,
+    ready_files,
+    release_orphans,
+    results_dir,
+    stamp,
+)
+
+# A subflow state name -> what happens to its file.
+PROCESSED_STATES = ("Completed", "RowsNotDone")
+UNUSABLE_STATE = "UnusableFile"
+
+
+def _run_is_finished(token: str) -> bool:
+    """Whether the flow run that made a claim is over (unknown runs count as over)."""
+    if token.startswith("local-"):
+        return False  # a run without an API: only a person can tell; see docs/operations.md
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run_id = uuid.UUID(token)
+    except ValueError:
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return True
+    return run.state is not None and run.state.is_final()
+
+
+@flow(name="process-inbox", log_prints=False)
+def process_inbox(
+    inbox: str = "data/inbox",
+    dry_run: bool = False,
+    vendors: list[str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    max_files: int | None = None,
+    settings_from_blocks: bool = True,
+    processed_dir: str | None = None,
+    rejected_dir: str | None = None,
+    results_root: str | None = None,
+):
+    """Process every ready file in `inbox` once: claim, sync, then move to processed/ or rejected/.
+
+    Final state: Completed when every file's rows all succeeded or were skipped (or there was
+    nothing to do); otherwise Failed, named `RowsNotDone` when some file had rows not done, or
+    `FilesRejected` when files were rejected; the message names each file and its counts.
+    A dry run reads, validates and plans each file, writes its results, sends nothing, and
+    puts the file back into the inbox.
+    """
+    logger = get_run_logger()
+    try:
+        vendors = parse_vendors(vendors)
+    except UnknownVendor as error:
+        return Failed(name="BadParameters", message=str(error))
+    if chunk_size < 1:
+        return Failed(name="BadParameters", message="chunk_size must be at least 1")
+    layout = InboxLayout.of(inbox, processed_dir, rejected_dir, results_root)
+    layout.create()
+
+    for path in release_orphans(layout, _run_is_finished):
+        logger.warning("put back into the inbox (its run ended without finishing it): %s", path.name)
+    ready, settling = ready_files(layout.inbox, settle_seconds)
+    if settling:
+        logger.info("still being written, left for the next run: %s", ", ".join(settling))
+    token = new_claim_token(str(flow_run.get_id() or "") or None)
+    claimed = claim_ready(layout, ready, token, max_files)
+    if not claimed:
+        return Completed(message=f"no file ready in {layout.inbox}" + (f" ({len(settling)} still being written)" if settling else ""))
+    logger.info("claimed %d file(s): %s", len(claimed), ", ".join(p.name for p in claimed))
+
+    rows: list[dict[str, object]] = []
+    for path in claimed:
+        rows.append(_process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger))
+
+    create_table_artifact(rows, key="invoice-sync-inbox", description=f"Files taken from {layout.inbox}")
+    text = "; ".join(f"{r['file']}: {r['outcome']} ({r['detail']})" for r in rows)
+    if all(r["state"] == "Completed" for r in rows):
+        return Completed(message=text, data=rows)
+    name = "RowsNotDone" if any(r["state"] == "RowsNotDone" for r in rows) else "FilesRejected"
+    return Failed(name=name, message=text, data=rows)
+
+
+def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger) -> dict:
+    """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
+    when = stamp()
+    out = results_dir(layout, path, when)
+    try:
+        state = sync_decisions.with_options(flow_run_name=f"invoice-sync {path.name}")(
+            str(path),
+            out_dir=str(out),
+            dry_run=dry_run,
+            vendors=vendors,
+            chunk_size=chunk_size,
+            show_progress=False,
+            settings_from_blocks=settings_from_blocks,
+            return_state=True,
+        )
+        name, message = state.name, state.message or ""
+    except Exception as error:  # the subflow could not even start: the file must not be lost
+        state, name, message = None, "Crashed", f"{type(error).__name__}: {error}"
+    message = message.replace(str(path), path.name)  # the claim folder means nothing to a reader
+
+    if name in PROCESSED_STATES and dry_run:  # a rehearsal: nothing sent, so the file stays to be sent
+        moved = put_back(layout, path)
+        outcome = "previewed (dry run, left in the inbox)"
+    elif name in PROCESSED_STATES:
+        moved = finish(layout, path, when=when)
+        outcome = "processed"
+    else:
+        if name == UNUSABLE_STATE:
+            reason = f"unusable file: {message}"
+        else:
+            reason = (
+                f"the run did not finish ({name}: {message}). Nothing is lost: drop the file into the "
+                "inbox again to retry; rows a vendor already accepted are not sent twice."
+            )
+        moved = finish(layout, path, rejected_because=reason, when=when)
+        outcome = "rejected"
+        logger.warning("%s rejected: %s", path.name, reason)
+    if not any(out.iterdir()):
+        out.rmdir()  # nothing was written (an unusable file): no empty results folder
+    return {
+        "file": path.name,
+        "outcome": outcome,
+        "state": name,
+        "detail": message,
+        "moved to": str(moved),
+        "results": str(out) if out.exists() else "",
+    }

@@ -1,0 +1,130 @@
+"""The flow `invoice-sync`: read, validate, plan, send per vendor in chunks, write the results.
+
+The flow only orchestrates: the work is in small tasks, in the pure stages of `flows.pipeline`
+and in `connectors`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from connectors.redact import install_log_redaction
+from connectors.vocabulary import ErrorCode, RowResult
+from flows.orchestration.artifacts import publish
+from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch
+from flows.pipeline.datadocs import write_data_docs
+from flows.pipeline.planning import Plan, apply_history, plan_rows
+from flows.pipeline.reader import UnusableFile, read_decisions
+from flows.pipeline.results import assemble_results, summarize, write_results
+from flows.pipeline.validation import SuiteError, ValidationError, ValidationReport, validate_decisions
+from flows.state.ledger import Ledger
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "NOTHING_SENT_STATES", "sync_decisions"]
+
+UNUSABLE_FILE = "UnusableFile"
+VALIDATION_UNAVAILABLE = "ValidationUnavailable"
+NOTHING_SENT_STATES = (UNUSABLE_FILE, VALIDATION_UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class NothingSent:
+    """Why a run stops before sending anything: the state it ends in and the line a person reads."""
+
+    state: str
+    message: str
+
+
+@task(cache_policy=NO_CACHE)
+def read_file(path: str) -> pd.DataFrame | NothingSent:
+    """Read and normalise the decision file, or say why it cannot be used."""
+    try:
+        return read_decisions(path)
+    except UnusableFile as exc:  # an answer about the file, not a crash: no traceback anywhere
+        return NothingSent(UNUSABLE_FILE, str(exc))
+
+
+@task(cache_policy=NO_CACHE)
+def validate(frame: pd.DataFrame) -> ValidationReport | NothingSent:
+    """Run the Great Expectations suite over the decisions, or say why it could not run."""
+    try:
+        report = validate_decisions(frame)
+    except (SuiteError, ValidationError) as exc:  # no rules, no sending: nothing goes out unchecked
+        return NothingSent(VALIDATION_UNAVAILABLE, f"nothing sent: validation could not run: {exc}")
+    if report.row_errors:
+        get_run_logger().warning("%d rows break validation rules and will not be sent", len(report.row_errors))
+    return report
+
+
+@task(cache_policy=NO_CACHE)
+def plan(frame: pd.DataFrame, report: ValidationReport, vendors: list[str] | None) -> Plan:
+    """Decide each row's fate before sending: rejected, duplicate, conflicting, or to send."""
+    return plan_rows(frame, report.row_errors, vendors)
+
+
+@task(cache_policy=NO_CACHE)
+def consult_ledger(frame: pd.DataFrame, plan_: Plan, ledger: Ledger, retry_failed: bool) -> list[RowResult]:
+    """Skip decisions that already succeeded; report known permanent failures without a call."""
+    reported = apply_history(frame, plan_, ledger.lookup(sorted(plan_.to_send)), retry_failed=retry_failed)
+    skipped = int((plan_.error_code == ErrorCode.ALREADY_DONE.value).sum())
+    if skipped or reported:
+        get_run_logger().info("ledger %s: %d already succeeded, %d permanent failures reported again",
+                              ledger.describe(), skipped, len(reported))
+    return reported
+
+
+@flow(name="invoice-sync", task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS), log_prints=False)
+def sync_decisions(
+    path: str,
+    out_dir: str = "data/results",
+    dry_run: bool = False,
+    vendors: list[str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    retry_failed: bool = False,
+    show_progress: bool | None = None,
+    settings_from_blocks: bool = False,
+) -> State:
+    """Send every valid decision in `path` to its vendor and write one result row per input row."""
+    started = time.monotonic()
+    install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
+    logger = get_run_logger()
+    run_id = str(flow_run.get_id() or "local")
+
+    frame = read_file(path)
+    if isinstance(frame, NothingSent):
+        logger.info("nothing sent: %s", frame.message)  # the state says it; the terminal gets one line
+        return Failed(name=frame.state, message=frame.message)
+    report = validate(frame)
+    if isinstance(report, NothingSent):
+        logger.info("%s", report.message)
+        return Failed(name=report.state, message=report.message)
+    plan_ = plan(frame, report, vendors)
+    ledger = Ledger.open()
+    try:
+        sent = consult_ledger(frame, plan_, ledger, retry_failed)
+        logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
+        if not dry_run and plan_.send_count:
+            sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks)
+    finally:
+        ledger.close()
+
+    results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run)
+    parquet_path, csv_path = write_results(results, out_dir)
+    summary = summarize(results, run_id, path, dry_run=dry_run)
+    summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
+    try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
+        summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
+    except Exception as exc:
+        logger.warning("validation report not written: %s", exc)
+    summary.seconds = time.monotonic() - started
+    publish(summary)
+    if summary.all_done:
+        return Completed(message=summary.counts_text(), data=summary)
+    return Failed(name="RowsNotDone", message=summary.counts_text(), data=summary)

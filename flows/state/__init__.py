@@ -1,0 +1,1 @@
+"""What outlives a run: the ledger of vendor answers, and the inbox folder's claims."""

@@ -1,0 +1,236 @@
+"""The durable ledger: each decision's last outcome at its vendor, recorded as it happens.
+
+A row is written only after the vendor answered (so "succeeded" always means the vendor said
+so), and committed before the next decision of that sending thread goes out: after a crash,
+`kill -9` included, only the requests that were in flight are unknown, and a rerun sends
+exactly those again (vendors treat "already in that state" as success, so that is safe).
+
+Commits are grouped: one writer thread commits every answer waiting at that moment in one
+transaction, and each sender waits for the commit that holds its own row. The guarantee is
+the same as a commit per row; the cost is one commit per group instead of one per row, so
+dozens of sending threads do not queue behind each other. The writer runs one upsert text,
+built once, on its DBAPI connection: SQLAlchemy compiles its SQLite and PostgreSQL upserts
+anew on every execute (they have no cache key), which costs several times the commit itself.
+
+Keyed by vendor and invoice, with the `payload` that was sent (decision, invoice_number,
+void_date): a changed decision for the same invoice is a new decision and is sent.
+
+Default store: SQLite under `INVOICE_SYNC_STATE_DIR` (default `data/state/`). Several workers
+share one ledger through PostgreSQL: set `INVOICE_SYNC_LEDGER_URL`
+(`postgresql+psycopg://user:pass@host/db`).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+import sqlalchemy as sa
+
+from connectors.redact import redact
+from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
+
+DEFAULT_STATE_DIR = "data/state"
+LEDGER_FILE = "ledger.sqlite"
+
+# Failures worth sending again on a rerun: the vendor never said no to the decision itself.
+TRANSIENT_CODES = frozenset(
+    {ErrorCode.RETRIES_EXHAUSTED, ErrorCode.RATE_LIMITED, ErrorCode.AUTH_FAILED, ErrorCode.BAD_RESPONSE}
+)
+
+
+class LedgerState(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED_TRANSIENT = "failed_transient"  # sent again on the next run
+    FAILED_PERMANENT = "failed_permanent"  # reported again without a call, unless asked
+
+
+metadata = sa.MetaData()
+decisions_table = sa.Table(
+    "decision_ledger",
+    metadata,
+    sa.Column("vendor", sa.String(32), primary_key=True),
+    sa.Column("invoice_id", sa.String(256), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("http_status", sa.Integer),
+    sa.Column("error_code", sa.String(32)),
+    sa.Column("vendor_error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def ledger_url(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    url = env.get("INVOICE_SYNC_LEDGER_URL", "").strip()
+    if url:
+        return url
+    state_dir = Path(env.get("INVOICE_SYNC_STATE_DIR", "").strip() or DEFAULT_STATE_DIR)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(state_dir / LEDGER_FILE).resolve()}"
+
+
+COLUMNS = tuple(c.name for c in decisions_table.columns)
+KEY_COLUMNS = tuple(c.name for c in decisions_table.primary_key)
+
+
+def upsert_sql(paramstyle: str) -> str:
+    """Insert a row or replace the one with its key: the same text for SQLite and PostgreSQL."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in KEY_COLUMNS)
+    return (f"INSERT INTO {decisions_table.name} ({', '.join(COLUMNS)}) VALUES ({', '.join([mark] * len(COLUMNS))}) "
+            f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}")
+
+
+@dataclass(eq=False)
+class _PendingRow:
+    values: tuple  # in COLUMNS order, as the database driver takes them
+    committed: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class Ledger:
+    """One ledger store; thread-safe. Open it per run, close it at the end."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+        self._upsert = upsert_sql(self.engine.dialect.paramstyle)
+        # What SQLAlchemy would do to a datetime before the driver sees it (SQLite stores text).
+        self._timestamp = decisions_table.c.updated_at.type.dialect_impl(self.engine.dialect).bind_processor(
+            self.engine.dialect
+        ) or (lambda value: value)
+        metadata.create_all(self.engine)
+        self._pending: list[_PendingRow] = []
+        self._wakeup = threading.Condition()
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self.commits = 0  # transactions written (fewer than rows when answers arrive together)
+
+    @classmethod
+    def open(cls, environ: Mapping[str, str] | None = None) -> "Ledger":
+        return cls(ledger_url(environ))
+
+    def describe(self) -> str:
+        """Where the ledger lives, without a password."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def lookup(self, vendors: Iterable[str]) -> pd.DataFrame:
+        """Every ledger row of these vendors (one query per vendor, merged by the caller)."""
+        columns = [c.name for c in decisions_table.columns]
+        frames = []
+        with self.engine.connect() as conn:
+            for vendor in vendors:
+                rows = conn.execute(sa.select(decisions_table).where(decisions_table.c.vendor == vendor)).all()
+                if rows:
+                    frames.append(pd.DataFrame(rows, columns=columns))
+        if not frames:
+            return pd.DataFrame(columns=columns)
+        return pd.concat(frames, ignore_index=True)
+
+    def record(self, decision: Decision, result: RowResult, run_id: str) -> None:
+        """Write one decision's outcome (only for decisions that were actually sent)."""
+        if result.attempts == 0 or result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            return
+        if result.outcome is Outcome.SUCCEEDED:
+            state = LedgerState.SUCCEEDED
+        elif result.error_code in TRANSIENT_CODES:
+            state = LedgerState.FAILED_TRANSIENT
+        else:
+            state = LedgerState.FAILED_PERMANENT
+        values = (  # COLUMNS order
+            decision.vendor,
+            decision.invoice_id,
+            decision.payload,
+            state.value,
+            result.http_status,
+            result.error_code.value if result.error_code else None,
+            result.vendor_error_code,
+            redact(result.error_message or ""),
+            result.attempts,
+            run_id,
+            self._timestamp(result.finished_at or datetime.now(timezone.utc)),
+        )
+        pending = _PendingRow(values)
+        with self._wakeup:
+            if self._closing:
+                raise RuntimeError("the ledger is closed")
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_groups, name="ledger-writer", daemon=True)
+                self._writer.start()
+            self._pending.append(pending)
+            self._wakeup.notify()
+        pending.committed.wait()  # back to the sender only once its row is durable
+        if pending.error is not None:
+            raise pending.error
+
+    def _write_groups(self) -> None:
+        """The one writer: commit every row waiting now in one transaction, then wake their senders."""
+        connection = None
+        try:
+            while True:
+                with self._wakeup:
+                    while not self._pending and not self._closing:
+                        self._wakeup.wait()
+                    if not self._pending:
+                        return
+                    group, self._pending = self._pending, []
+                try:
+                    connection = connection or self.engine.raw_connection()
+                    self._commit(connection, [row.values for row in group])
+                    self.commits += 1
+                except BaseException as exc:  # each sender gets the failure of its own commit
+                    for row in group:
+                        row.error = exc
+                    if connection is not None:
+                        connection.invalidate()  # a broken connection is not reused: the next group opens another
+                        connection = None
+                for row in group:
+                    row.committed.set()
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def _commit(self, connection, rows: list[tuple]) -> None:
+        cursor = connection.cursor()
+        try:
+            cursor.executemany(self._upsert, rows)
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        """Write what is pending, stop the writer, release the connections."""
+        with self._wakeup:
+            self._closing = True
+            self._wakeup.notify()
+        if self._writer is not None:
+            self._writer.join()
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL + synchronous=NORMAL: a commit survives the process being killed (not a power cut),
+    # and readers never block the writer.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
