@@ -9,7 +9,8 @@ concurrency live in one shared place, `connectors.sending`.
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
 from connectors.auth import Auth
 from connectors.errors import AuthRefused, AuthUnavailable, GlobalLimitError

@@ -10,8 +10,8 @@ type (matched with `isinstance`, in table order). What a body says (a 2xx that m
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Union
 
 from urllib3.exceptions import ProtocolError
 from urllib3.exceptions import TimeoutError as HTTPTimeoutError
@@ -53,7 +53,7 @@ class Reading:
     error_code: ErrorCode | None = None
 
 
-ReadingKey = Union[int, str, type[BaseException]]
+ReadingKey = int | str | type[BaseException]
 
 RETRY = Reading(Action.RETRY, ErrorCode.RETRIES_EXHAUSTED)
 

@@ -6,8 +6,9 @@ Connectors receive a `VendorSettings`; they never read the environment themselve
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TypeVar, overload
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
@@ -15,6 +16,9 @@ from pydantic import SecretStr
 from connectors.redact import register_secret
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+_Number = TypeVar("_Number", int, float)
+_Default = TypeVar("_Default")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ class _SettingsReader:
         value = self.env.get(f"{self.prefix}_{name}", "").strip()
         return value or None
 
+    @overload
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float: ...
+    @overload
+    def number(self, name: str, default: None, minimum: float = 0.0) -> float | None: ...
     def number(self, name: str, default: float | None, minimum: float = 0.0) -> float | None:
         raw = self.text(name)
         if raw is None:
@@ -113,7 +121,7 @@ class _SettingsReader:
             return default
         return self._at_least(name, value, default, minimum)
 
-    def _at_least(self, name, value, default, minimum):
+    def _at_least(self, name: str, value: _Number, default: _Default, minimum: _Number) -> _Number | _Default:
         if value < minimum:
             self.problems.append(f"{self.prefix}_{name} must be at least {minimum}")
             return default

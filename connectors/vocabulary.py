@@ -10,7 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Outcome(enum.StrEnum):
@@ -71,7 +74,7 @@ class RowResult:
     finished_at: datetime | None = None
 
 
-Text = TypeVar("Text")
+Text = TypeVar("Text", str, "pd.Series[str]")  # one decision, or a whole file's column
 
 PAYLOAD_SEPARATOR = "|"
 

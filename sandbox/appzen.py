@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -39,7 +39,7 @@ _NOT_FOUND_DETAIL = "The resource you specified cannot be not found"  # document
 
 def _error(status: int, detail: str) -> bytes:
     """AppZen's documented error shape, with a fresh 8-hex error code."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return dumps(
         {
             "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}+0000",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
@@ -120,7 +120,7 @@ def _change_status(sandbox: State, call: Call) -> Reply:
             return json_reply(400, _error("Invalid void date.", 5511))  # assumed
         # The vendor's clock zone is unknown: only refuse what is future in both local time
         # and UTC (plus a minute of clock skew).
-        latest = max(datetime.now(), datetime.now(timezone.utc).replace(tzinfo=None)) + timedelta(minutes=1)
+        latest = max(datetime.now(), datetime.now(UTC).replace(tzinfo=None)) + timedelta(minutes=1)
         if when > latest:
             return json_reply(400, _VOID_FUTURE)  # documented: message only, no object
     number = str(number)

@@ -4,6 +4,7 @@ queued faults and request logs. What each vendor answers lives in its own module
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import socket
 import sys
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from .vendor_api import Call, Invoice, Reply, VendorAPI, json_reply
+from .vendor_api import Call, Invoice, Reply, RequestHeaders, VendorAPI, json_reply
 from .vendors import ALL, BASE_PATHS, BY_NAME, INITIAL_STATUS, VENDORS
 
 KINDS = frozenset({"pay-out", "pay-in"})
@@ -65,7 +66,7 @@ class _Fault:
 class _Headers(dict):
     """Request headers with case-insensitive `get` (keys are stored lower-case)."""
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return dict.get(self, name.lower(), default)
 
     def __getitem__(self, name: str) -> str:
@@ -75,9 +76,9 @@ class _Headers(dict):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never keeps the process alive
     request_queue_size = 1024  # the benchmark opens many pooled connections at once
-    sandbox: "Sandbox"
+    sandbox: Sandbox
 
-    def __init__(self, address: tuple[str, int], sandbox: "Sandbox") -> None:
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         self.open_connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
@@ -88,10 +89,8 @@ class _Server(ThreadingHTTPServer):
         with self.connections_lock:
             conns = list(self.open_connections)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -99,6 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "invoice-sync-sandbox"
     disable_nagle_algorithm = True  # small answers must not wait for delayed ACKs
     server: _Server
+    raw_requestline: bytes  # set by handle_one_request() before parse_request(); typeshed omits it
 
     def setup(self) -> None:
         super().setup()
@@ -108,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with self.server.connections_lock:
             self.server.open_connections.discard(self.connection)
-        try:
+        try:  # noqa: SIM105  per connection in the handler: try/except is cheaper than contextlib.suppress
             super().finish()
         except OSError:
             pass
@@ -198,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return b""
             return self.rfile.read(n) if n > 0 else b""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline(65537).split(b";", 1)[0].strip() or b"0", 16)
                 if size == 0:
@@ -229,7 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _drop(self) -> None:
         """Close without answering: the client sees RemoteDisconnected / ConnectionError."""
         self.close_connection = True
-        try:
+        try:  # noqa: SIM105  in the handler: try/except is cheaper than contextlib.suppress
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -242,7 +242,7 @@ class Sandbox:
     """Every vendor API in `vendors.ALL` on one local port, with inspectable state and queued faults."""
 
     # The sandbox's own fake credentials: distinctive so tests can scan outputs for leaks.
-    CREDENTIALS: dict[str, str] = {name: value for api in ALL for name, value in api.credentials.items()}
+    CREDENTIALS: ClassVar[dict[str, str]] = {name: value for api in ALL for name, value in api.credentials.items()}
 
     def __init__(
         self,
@@ -273,7 +273,7 @@ class Sandbox:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         """Bind (port 0 picks a free one) and serve in a background thread."""
         if self._server is not None:
             return self
@@ -298,7 +298,7 @@ class Sandbox:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -507,7 +507,7 @@ class Sandbox:
         path: str,
         query: str,
         body: bytes,
-        headers: Mapping[str, str],
+        headers: RequestHeaders,
         client_ip: str,
     ) -> Reply | None:
         """Answer one request; None means drop the connection without answering."""

@@ -22,6 +22,13 @@ Reply = tuple[int, bytes, HeaderPairs, str]
 BAD_JSON = object()  # marker: the request body was not JSON
 
 
+class RequestHeaders(Protocol):
+    """A request's headers as handlers read them: `get` by name, case-insensitive (the server's
+    own parser gives a `_Headers` dict, the stdlib's fallback an `email.message.Message`)."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -67,7 +74,7 @@ class State(Protocol):
 class Call:
     """What a vendor handler needs to know about one request."""
 
-    headers: Mapping[str, str]
+    headers: RequestHeaders
     body: bytes
     query: str
     invoice_id: str | None  # from the path, or set by the route's `parse_body`

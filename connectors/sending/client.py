@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Iterable
+from datetime import UTC, datetime
+from typing import cast
 
-from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+from tenacity import Future, RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+from tenacity.nap import sleep as tenacity_sleep  # Retrying's own default
 from tenacity.wait import wait_base
 
 from connectors.connector import Connector
@@ -40,13 +42,16 @@ class Attempt:
 class BackoffWait(wait_base):
     """Exponential backoff with jitter; a vendor's `Retry-After` wins, clamped to a maximum."""
 
-    def __init__(self, initial: float, maximum: float, retry_after_max: float, on_throttle) -> None:
+    def __init__(
+        self, initial: float, maximum: float, retry_after_max: float, on_throttle: Callable[[float], None]
+    ) -> None:
         self.exponential = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
         self.retry_after_max = retry_after_max
         self.on_throttle = on_throttle
 
     def __call__(self, retry_state: RetryCallState) -> float:
-        verdict: Verdict = retry_state.outcome.result().verdict
+        # tenacity calls `wait` only after an attempt, so its outcome is set.
+        verdict: Verdict = cast(Future, retry_state.outcome).result().verdict
         if verdict.action is Action.REAUTH:
             return 0.0  # a fresh token is all it takes
         if verdict.retry_after is not None:
@@ -82,11 +87,13 @@ class VendorClient:
         self._stop_lock = threading.Lock()
         self._retrying = Retrying(
             stop=stop_after_attempt(settings.max_attempts),
-            wait=BackoffWait(settings.backoff_initial, settings.backoff_max, settings.retry_after_max, self.limiter.pause),
+            wait=BackoffWait(
+                settings.backoff_initial, settings.backoff_max, settings.retry_after_max, self.limiter.pause
+            ),
             retry=retry_if_result(self._should_retry),
-            retry_error_callback=lambda state: state.outcome.result(),  # the last attempt decides
+            retry_error_callback=lambda state: cast(Future, state.outcome).result(),  # the last attempt decides
             reraise=True,
-            **({"sleep": sleep} if sleep else {}),
+            sleep=sleep or tenacity_sleep,
         )
 
     # -- public -----------------------------------------------------------------------------
@@ -129,7 +136,9 @@ class VendorClient:
         try:
             request = self.connector.build_request(decision)
         except (ValueError, KeyError) as exc:
-            return self._result(decision, Attempt(Verdict(Action.FAIL, ErrorCode.INVALID_ROW, message=str(exc)), None), 0)
+            return self._result(
+                decision, Attempt(Verdict(Action.FAIL, ErrorCode.INVALID_ROW, message=str(exc)), None), 0
+            )
         attempt: Attempt = self._attempt(request)
         attempts = 1
         if self._should_retry(attempt) and self.settings.max_attempts > 1:
@@ -201,15 +210,23 @@ class VendorClient:
             error_code=verdict.error_code or ErrorCode.AUTH_FAILED,
             error_message=redact(message),
             attempts=attempts,
-            finished_at=datetime.now(timezone.utc),
+            finished_at=datetime.now(UTC),
         )
 
     def _result(self, decision: Decision, attempt: Attempt, attempts: int) -> RowResult:
         verdict = attempt.verdict
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if verdict.action is Action.SUCCEED:
-            return RowResult(decision.row_number, Outcome.SUCCEEDED, attempt.http_status, None, None,
-                             redact(verdict.message), attempts, now)
+            return RowResult(
+                decision.row_number,
+                Outcome.SUCCEEDED,
+                attempt.http_status,
+                None,
+                None,
+                redact(verdict.message),
+                attempts,
+                now,
+            )
         message = verdict.message
         if verdict.action in (Action.RETRY, Action.REAUTH):
             message = f"gave up after {attempts} attempts; last: {message}"

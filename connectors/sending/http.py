@@ -7,7 +7,8 @@ of calls a second that CPU is what the sending threads share (docs/performance.m
 from __future__ import annotations
 
 import json as jsonlib  # `json` is a parameter of Http.request, as in requests
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 import certifi

@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, cast
 
 from connectors.errors import GlobalLimitError
 
@@ -257,18 +258,19 @@ class GlobalRateLimiter:
         self._ready = True
 
     def _refill(self) -> None:
-        wait = self._last_grant + self.batch / self.decay - self._clock()
+        batch = cast(int, self.batch)  # an int from _setup() on, which runs before any refill
+        wait = self._last_grant + batch / self.decay - self._clock()
         if wait > 0:
             self._sleep(wait)
-        self._take_slots(self.name, self.batch)
+        self._take_slots(self.name, batch)
         self._last_grant = self._clock()  # the answer is never earlier than the grant
         self.gcl_calls += 1
-        self.slots_taken += self.batch
-        self._stock += self.batch
+        self.slots_taken += batch
+        self._stock += batch
         self._stock_expires = self._last_grant + self.max_age
 
 
-def limiter_for(settings: "VendorSettings", shared: SharedLimit | None = None) -> RateLimiter | GlobalRateLimiter:
+def limiter_for(settings: VendorSettings, shared: SharedLimit | None = None) -> RateLimiter | GlobalRateLimiter:
     """The limiter the settings ask for: shared through `shared` (a Prefect GCL), or this worker's own."""
     name = settings.global_limit
     if name:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
@@ -30,7 +32,7 @@ class UnsupportedDecision(ValueError):
 class AccounteerConnector(Connector):
     name = "accounteer"
     credential_names = ("ACCESS_TOKEN",)
-    decision_map = {"approve": "approved"}
+    decision_map: ClassVar[Mapping[str, str]] = {"approve": "approved"}
 
     def make_auth(self) -> HeaderAuth:
         return HeaderAuth(
@@ -52,7 +54,9 @@ class AccounteerConnector(Connector):
             # Money fields are decimals: never let them pass through float.
             invoice = json.loads(response.text, parse_float=Decimal)
         except ValueError:
-            return Verdict(Action.FAIL, ErrorCode.BAD_RESPONSE, message=f"HTTP {response.status_code}: body is not JSON")
+            return Verdict(
+                Action.FAIL, ErrorCode.BAD_RESPONSE, message=f"HTTP {response.status_code}: body is not JSON"
+            )
         status = invoice.get("status") if isinstance(invoice, dict) else None
         if status == "approved":
             return Verdict(Action.SUCCEED)
@@ -63,7 +67,7 @@ class AccounteerConnector(Connector):
         )
 
     def read_refusal(self, request: Request, response: Response) -> Verdict | None:
-        message, code = self.error_message(response)
+        message, _code = self.error_message(response)
         if response.status_code in (400, 409, 422) and ALREADY_APPROVED.search(message):
             return Verdict(Action.SUCCEED, message=f"already in that state: {message}")
         return None
@@ -71,8 +75,10 @@ class AccounteerConnector(Connector):
     def error_message(self, response: Response) -> tuple[str, str | None]:
         body = json_body(response)
         if isinstance(body, dict) and isinstance(body.get("errors"), dict):
-            parts = [f"{field}: {', '.join(map(str, msgs if isinstance(msgs, list) else [msgs]))}"
-                     for field, msgs in body["errors"].items()]
+            parts = [
+                f"{field}: {', '.join(map(str, msgs if isinstance(msgs, list) else [msgs]))}"
+                for field, msgs in body["errors"].items()
+            ]
             return "; ".join(parts), None
         if isinstance(body, dict) and "error" in body:
             text = str(body.get("error_description") or body.get("message") or body["error"])

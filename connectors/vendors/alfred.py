@@ -9,6 +9,8 @@ retry after an ambiguous failure is safe.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
@@ -23,7 +25,7 @@ ALREADY = re.compile(r"already\s+(approved|cancel)", re.IGNORECASE)
 class AlfredConnector(Connector):
     name = "alfred"
     credential_names = ("API_KEY", "API_SECRET")
-    decision_map = {"approve": "approved", "cancel": "cancel"}
+    decision_map: ClassVar[Mapping[str, str]] = {"approve": "approved", "cancel": "cancel"}
 
     def make_auth(self) -> HeaderAuth:
         creds = self.settings.credentials

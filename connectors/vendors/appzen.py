@@ -11,28 +11,29 @@ Retry-After documented, and the `x-correlation-id` header. Assumed: the status t
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
 from connectors.connector import Connector
 from connectors.reading import Action, Verdict
+from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body, short_text
-from connectors.settings import VendorSettings
 
 ERROR_CODE = re.compile(r"Error code\s*:\s*([0-9A-Za-z]+)\s*-\s*(.*)", re.DOTALL)
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class AppZenConnector(Connector):
     name = "appzen"
     credential_names = ("API_KEY", "CUSTOMER_ID", "CUSTOMER_KEY")
-    decision_map = {"approve": "Approved", "cancel": "Cancelled"}
+    decision_map: ClassVar[Mapping[str, str]] = {"approve": "Approved", "cancel": "Cancelled"}
 
     def __init__(self, settings: VendorSettings, clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(settings)
@@ -54,7 +55,7 @@ class AppZenConnector(Connector):
             f"/invoice/{quote(decision.invoice_id, safe='')}/status-sync",
             json={
                 "appzen_invoice_state": "CREATED",
-                "timestamp": self.clock().astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "timestamp": self.clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "invoice_id": decision.invoice_number,
                 "invoice_status": self.decision_map[decision.decision],
             },

@@ -12,11 +12,13 @@ answered 401, and "already has this status" errors (treated as success) say "alr
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import ClassVar
 
 from connectors.auth import Send, SessionTokenAuth
 from connectors.connector import Connector
 from connectors.errors import AuthRefused, AuthUnavailable
-from connectors.reading import READINGS, Action, Reading, Verdict, retryable_statuses
+from connectors.reading import READINGS, Action, Reading, ReadingKey, Verdict, retryable_statuses
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body, short_text
 
@@ -28,9 +30,9 @@ NOT_FOUND = re.compile(r"not\s+found", re.IGNORECASE)
 class ModulusConnector(Connector):
     name = "modulus"
     credential_names = ("APP", "SECRET")
-    decision_map = {"approve": "STATUS_SENT", "cancel": "STATUS_VOID"}
+    decision_map: ClassVar[Mapping[str, str]] = {"approve": "STATUS_SENT", "cancel": "STATUS_VOID"}
     # Assumed: an expired or unknown session token is answered 401; a new token is all it takes.
-    readings = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
+    readings: ClassVar[Mapping[ReadingKey, Reading]] = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
 
     def make_auth(self) -> SessionTokenAuth:
         return SessionTokenAuth(self.fetch_token, lifetime=TOKEN_LIFETIME)

@@ -7,11 +7,15 @@ were rejected; 2 nothing was sent because the file itself (or the command line) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, cast
+
+if TYPE_CHECKING:
+    from flows.pipeline.results import RunSummary
 
 EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE = 0, 1, 2
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="read, validate and plan; send nothing")
     run.add_argument("--vendors", help="comma-separated vendors to include (default: all)")
     run.add_argument("--chunk-size", type=int, default=None, help="decisions per Prefect task")
-    run.add_argument("--retry-failed", action="store_true",
-                     help="send again the decisions an earlier run saw fail permanently")
+    run.add_argument(
+        "--retry-failed", action="store_true", help="send again the decisions an earlier run saw fail permanently"
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     validate = sub.add_parser("validate", help="check FILE without sending anything")
@@ -58,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="data/results/demo")
 
     secrets = sub.add_parser("secrets", help="vendor settings as Prefect Secret blocks (alfred-api-key, ...)")
-    secrets.add_argument("action", choices=["push", "list"],
-                         help="push: save the settings set in this environment as blocks; list: where each is set")
+    secrets.add_argument(
+        "action",
+        choices=["push", "list"],
+        help="push: save the settings set in this environment as blocks; list: where each is set",
+    )
     secrets.add_argument("--vendors", help="comma-separated vendors (default: all)")
     return parser
 
@@ -106,12 +114,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNUSABLE
     if args.command == "secrets":
         return secrets_command(args.action, vendors)
-    return run_command(args.file, args.out, dry_run=args.dry_run, vendors=vendors, chunk_size=args.chunk_size,
-                       retry_failed=args.retry_failed, show_progress=False if args.no_progress else None)
+    return run_command(
+        args.file,
+        args.out,
+        dry_run=args.dry_run,
+        vendors=vendors,
+        chunk_size=args.chunk_size,
+        retry_failed=args.retry_failed,
+        show_progress=False if args.no_progress else None,
+    )
 
 
-def run_command(path: str, out: str, *, dry_run: bool = False, vendors: list[str] | None = None,
-                chunk_size: int | None = None, retry_failed: bool = False, show_progress: bool | None = None) -> int:
+def run_command(
+    path: str,
+    out: str,
+    *,
+    dry_run: bool = False,
+    vendors: list[str] | None = None,
+    chunk_size: int | None = None,
+    retry_failed: bool = False,
+    show_progress: bool | None = None,
+) -> int:
     """Run the flow on one file and print what happened."""
     from connectors.redact import install_log_redaction
     from flows.orchestration.temporary_server import PrefectServerError, prefect_api
@@ -124,20 +147,28 @@ def run_command(path: str, out: str, *, dry_run: bool = False, vendors: list[str
                 _import_great_expectations()
                 wait_for_api()
             install_log_redaction()
-            state = sync_decisions(path, out_dir=out, dry_run=dry_run, vendors=vendors,
-                                   chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, retry_failed=retry_failed,
-                                   show_progress=show_progress,
-                                   return_state=True)
+            state = sync_decisions(
+                path,
+                out_dir=out,
+                dry_run=dry_run,
+                vendors=vendors,
+                chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+                retry_failed=retry_failed,
+                show_progress=show_progress,
+                return_state=True,
+            )
             if state.name in NOTHING_SENT_STATES:
                 print(f"invoice-sync: {state.message}", file=sys.stderr)
                 return EXIT_UNUSABLE
-            summary = state.result(raise_on_failure=False)
+            # The flow returns a State carrying its RunSummary, which Prefect's types cannot say.
+            summary = cast("RunSummary | BaseException | None", state.result(raise_on_failure=False))
     except PrefectServerError as exc:  # raised before the flow started: nothing was sent
         print(f"invoice-sync: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     if not hasattr(summary, "counts"):  # the flow itself crashed: say so without a traceback
         print(f"invoice-sync: run failed: {state.message}", file=sys.stderr)
         return EXIT_UNUSABLE if summary is None else EXIT_ROWS_NOT_DONE
+    summary = cast("RunSummary", summary)  # it has counts: the flow's own summary
     print_summary(summary)
     return EXIT_OK if summary.all_done else EXIT_ROWS_NOT_DONE
 
@@ -146,13 +177,11 @@ def _import_great_expectations() -> None:
     """Import GX (by loading the suite) now, while Prefect's server boots, instead of in the validate task."""
     from flows.pipeline.validation import SuiteError, load_suite
 
-    try:
+    with contextlib.suppress(SuiteError):  # the flow reports an unusable suite itself
         load_suite()
-    except SuiteError:  # the flow reports an unusable suite itself
-        pass
 
 
-def print_summary(summary) -> None:
+def print_summary(summary: RunSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -192,9 +221,11 @@ def validate_command(path: str, show: int) -> int:
         return EXIT_UNUSABLE
     plan_ = plan_rows(frame, report.row_errors)
     rejected = np.flatnonzero(plan_.outcome == "rejected")
-    held = list(zip(frame["row_number"].to_numpy()[rejected].tolist(), plan_.error_message[rejected]))
+    held = list(zip(frame["row_number"].to_numpy()[rejected].tolist(), plan_.error_message[rejected], strict=True))
     skipped = int(np.count_nonzero(plan_.outcome == "skipped"))
-    print(f"{path}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates")
+    print(
+        f"{path}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates"
+    )
     for row, message in held[:show]:
         print(f"  row {row}: {message}")
     if len(held) > show:
@@ -229,7 +260,6 @@ def secrets_command(action: str, vendors: list[str] | None = None) -> int:
         in_block = block_name(name) if name in blocks else "-"
         print(f"{name:<{width}}  {in_env:<11}  {in_block}")
     return 0
-
 
 
 def demo_command(out: str) -> int:

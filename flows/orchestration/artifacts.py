@@ -19,11 +19,15 @@ def publish(summary: RunSummary) -> None:
             [
                 f"# invoice-sync run {summary.run_id}",
                 f"- file: `{summary.source}`",
-                f"- rows: {summary.rows} ({summary.counts_text()})" + (" — dry run, nothing sent" if summary.dry_run else ""),
+                f"- rows: {summary.rows} ({summary.counts_text()})"
+                + (" — dry run, nothing sent" if summary.dry_run else ""),
                 f"- took: {summary.seconds:.1f} s",
                 f"- results: `{summary.results_path}` (and `{summary.csv_path}`)",
-                *([f"- validation report (Great Expectations Data Docs): `{summary.extra['validation_report']}`"]
-                  if summary.extra.get("validation_report") else []),
+                *(
+                    [f"- validation report (Great Expectations Data Docs): `{summary.extra['validation_report']}`"]
+                    if summary.extra.get("validation_report")
+                    else []
+                ),
             ]
         ),
         key="invoice-sync-run",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import queue
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, cast
+from uuid import UUID
 
 import numpy as np
 import pandas as pd
@@ -104,7 +106,7 @@ def lanes(
     def launch(vendor: str) -> None:
         nonlocal in_flight
         future = submit(vendor, pending[vendor].popleft())
-        future.add_done_callback(lambda f, v=vendor: finished.put((v, f)))
+        future.add_done_callback(lambda f: finished.put((vendor, f)))
         in_flight += 1
 
     for vendor in pending:
@@ -143,7 +145,10 @@ def dispatch(
     configured = {v: p for v, p in plan_.to_send.items() if v in clients.ready}
 
     progress = RunProgress({v: len(p) for v, p in configured.items()}, show_bars=show_progress)
-    artifact_id = create_progress_artifact(progress=0.0, key="invoice-sync-progress", description="Decisions sent")
+    # Called from sync code, Prefect's async_dispatch returns the id itself, not a coroutine.
+    artifact_id = cast(
+        UUID, create_progress_artifact(progress=0.0, key="invoice-sync-progress", description="Decisions sent")
+    )
 
     def submit(vendor: str, positions: np.ndarray) -> PrefectFuture[Any]:
         return send_chunk.with_options(task_run_name=f"send-{vendor}-rows-{positions[0] + 1}").submit(

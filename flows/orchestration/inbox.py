@@ -92,7 +92,9 @@ def process_inbox(
     token = new_claim_token(str(flow_run.get_id() or "") or None)
     claimed = claim_ready(layout, ready, token, max_files)
     if not claimed:
-        return Completed(message=f"no file ready in {layout.inbox}" + (f" ({len(settling)} still being written)" if settling else ""))
+        return Completed(
+            message=f"no file ready in {layout.inbox}" + (f" ({len(settling)} still being written)" if settling else "")
+        )
     logger.info("claimed %d file(s): %s", len(claimed), ", ".join(p.name for p in claimed))
 
     rows: list[dict[str, object]] = []

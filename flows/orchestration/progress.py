@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 
 class RunProgress:
@@ -19,7 +19,7 @@ class RunProgress:
         self._lock = threading.Lock()
         show = sys.stderr.isatty() if show_bars is None else show_bars
         self._bars: Progress | None = None
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
         if show and self.totals:
             self._bars = Progress(
                 TextColumn("{task.description:<11}"),

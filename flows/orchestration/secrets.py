@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from connectors.registry import CONNECTORS, VENDORS
 from flows.pipeline.files import one_line
@@ -137,7 +138,8 @@ def push_secrets(
         if not value:
             skipped.append(name)
             continue
-        Secret(value=value).save(block_name(name), overwrite=overwrite)
+        # Prefect's documented call: its before-validator wraps the text, but the field is typed as already wrapped.
+        Secret(value=value).save(block_name(name), overwrite=overwrite)  # type: ignore[arg-type]
         saved.append(block_name(name))
     return saved, skipped
 

@@ -75,12 +75,18 @@ def consult_ledger(frame: pd.DataFrame, plan_: Plan, ledger: Ledger, retry_faile
     reported = apply_history(frame, plan_, ledger.lookup(sorted(plan_.to_send)), retry_failed=retry_failed)
     skipped = int((plan_.error_code == ErrorCode.ALREADY_DONE.value).sum())
     if skipped or reported:
-        get_run_logger().info("ledger %s: %d already succeeded, %d permanent failures reported again",
-                              ledger.describe(), skipped, len(reported))
+        get_run_logger().info(
+            "ledger %s: %d already succeeded, %d permanent failures reported again",
+            ledger.describe(),
+            skipped,
+            len(reported),
+        )
     return reported
 
 
-@flow(name="invoice-sync", task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS), log_prints=False)
+# `flow()` takes a TaskRunner[PrefectFuture[Any]] and that parameter is invariant, so no concrete
+# runner fits, not even ThreadPoolTaskRunner, Prefect's default and documented choice (it casts its own).
+@flow(name="invoice-sync", task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS), log_prints=False)  # type: ignore[arg-type]
 def sync_decisions(
     path: str,
     out_dir: str = "data/results",

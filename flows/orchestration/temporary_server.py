@@ -23,9 +23,10 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator, Mapping
+from typing import IO
 
 HOST = "127.0.0.1"
 # What Prefect's SubprocessASGIServer adds to the environment: no UI, and the server knows it is temporary.
@@ -91,8 +92,14 @@ class TemporaryPrefectServer:
     server is healthy it passes through to stderr, as the output of Prefect's own server does.
     """
 
-    def __init__(self, *, port: int | None = None, startup_timeout: float = 20.0,
-                 env: Mapping[str, str] | None = None, app_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 20.0,
+        env: Mapping[str, str] | None = None,
+        app_dir: Path | None = None,
+    ) -> None:
         self.port = port
         self.startup_timeout = startup_timeout
         self.env = dict(env or {})  # on top of os.environ and SERVER_ENV (Prefect adds its settings here)
@@ -123,14 +130,29 @@ class TemporaryPrefectServer:
         atexit.register(self.stop)
 
     def _launch(self) -> None:
-        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(self.app_dir),
-                   "--factory", "prefect.server.api.server:create_app", "--host", HOST, "--port", str(self.port),
-                   "--log-level", "error", "--lifespan", "on"]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(self.app_dir),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
         self._startup_output.clear()
         self._launched_at = time.monotonic()
         self._process = subprocess.Popen(command, env={**os.environ, **SERVER_ENV, **self.env}, stderr=subprocess.PIPE)
-        self._relay = threading.Thread(target=self._relay_output, args=(self._process.stderr,),
-                                       name="prefect-server-output", daemon=True)
+        self._relay = threading.Thread(
+            target=self._relay_output, args=(self._process.stderr,), name="prefect-server-output", daemon=True
+        )
         self._relay.start()
 
     def _relay_output(self, stream: IO[bytes]) -> None:
@@ -154,6 +176,7 @@ class TemporaryPrefectServer:
         """Return once `/api/health` answers 200; raise PrefectServerError if it exits or takes too long."""
         if self._process is None:
             raise PrefectServerError("temporary Prefect server not started")
+        assert self.port is not None  # start() picked one before the launch
         if self._healthy:
             return
         deadline = time.monotonic() + self.startup_timeout
@@ -180,8 +203,12 @@ class TemporaryPrefectServer:
             for line in self._startup_output:
                 os.write(STDERR_FD, line)
         # Prefect's console logging is set up later than the launch: this line tells when that was.
-        logger.info("Temporary server on http://%s:%s is up, %.1f s after its launch",
-                    HOST, self.port, time.monotonic() - self._launched_at)
+        logger.info(
+            "Temporary server on http://%s:%s is up, %.1f s after its launch",
+            HOST,
+            self.port,
+            time.monotonic() - self._launched_at,
+        )
 
     def _answers_health(self) -> bool:
         try:
@@ -227,9 +254,12 @@ def prefect_api() -> Iterator[Callable[[], None] | None]:
     if settings.api.url or not settings.server.ephemeral.enabled:
         yield None
         return
-    server = TemporaryPrefectServer(startup_timeout=settings.server.ephemeral.startup_timeout_seconds,
-                                    env=settings.to_environment_variables(exclude_unset=True))  # as Prefect's
+    server = TemporaryPrefectServer(
+        startup_timeout=settings.server.ephemeral.startup_timeout_seconds,
+        env=settings.to_environment_variables(exclude_unset=True),
+    )  # as Prefect's
     with server, ExitStack() as pointed_at_server:
+
         def wait_for_api() -> None:
             server.wait_until_healthy()
             pointed_at_server.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))

@@ -8,13 +8,18 @@ out what an earlier run already did.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
 
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, payload_text
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import NamedTuple
 
 KEY = ["vendor", "invoice_id"]
 
@@ -73,7 +78,7 @@ def _mark_repeats(frame, open_, row_numbers, outcome, error_code, message) -> No
     Vectorised over all groups at once (a file with many repeats must not loop per group in
     pandas); only the messages of conflicting groups are built row by row.
     """
-    candidates = frame.loc[open_, KEY + ["decision"]]
+    candidates = frame.loc[open_, [*KEY, "decision"]]
     repeated = candidates.duplicated(KEY, keep=False).to_numpy()
     if not repeated.any():
         return
@@ -85,7 +90,7 @@ def _mark_repeats(frame, open_, row_numbers, outcome, error_code, message) -> No
         return
     code = groups.groupby(KEY, sort=False).ngroup().to_numpy()
     distinct = groups.groupby(code, sort=False)["decision"].nunique()
-    conflicting = (distinct.reindex(code).to_numpy() > 1)
+    conflicting = distinct.reindex(code).to_numpy() > 1
     _, first_at = np.unique(code, return_index=True)  # each group's first row (positions ascend)
     first_row = row_numbers[positions[first_at]][code]  # per row: its group's first row number
     later = ~conflicting & (positions != positions[first_at][code])
@@ -117,8 +122,13 @@ def decisions_for(frame: pd.DataFrame, positions: np.ndarray) -> list[Decision]:
     return [
         Decision(int(r), str(i), str(v), str(d), _text(n), _text(vd))
         for r, i, v, d, n, vd in zip(
-            part["row_number"], part["invoice_id"], part["vendor"], part["decision"],
-            cols["invoice_number"], cols["void_date"],
+            part["row_number"],
+            part["invoice_id"],
+            part["vendor"],
+            part["decision"],
+            cols["invoice_number"],
+            cols["void_date"],
+            strict=True,
         )
     ]
 
@@ -127,7 +137,9 @@ def _text(value) -> str | None:
     return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
-def apply_history(frame: pd.DataFrame, plan: Plan, history: pd.DataFrame, *, retry_failed: bool = False) -> list[RowResult]:
+def apply_history(
+    frame: pd.DataFrame, plan: Plan, history: pd.DataFrame, *, retry_failed: bool = False
+) -> list[RowResult]:
     """Use the ledger: skip what already succeeded, report permanent failures again without a call.
 
     Only an identical decision (same payload) counts as done; a changed decision is sent.
@@ -144,12 +156,14 @@ def apply_history(frame: pd.DataFrame, plan: Plan, history: pd.DataFrame, *, ret
         part.get("invoice_number", blank).astype("string"),
         part.get("void_date", blank).astype("string"),
     )
-    keys = pd.DataFrame({
-        "position": positions,
-        "vendor": part["vendor"].astype(str).to_numpy(),
-        "invoice_id": part["invoice_id"].astype(str).to_numpy(),
-        "sending": payload.astype(str).to_numpy(),
-    })
+    keys = pd.DataFrame(
+        {
+            "position": positions,
+            "vendor": part["vendor"].astype(str).to_numpy(),
+            "invoice_id": part["invoice_id"].astype(str).to_numpy(),
+            "sending": payload.astype(str).to_numpy(),
+        }
+    )
     merged = keys.merge(history, on=["vendor", "invoice_id"], how="inner")
     merged = merged[merged["sending"] == merged["payload"]]
     _skip_done(plan, merged[merged["state"] == "succeeded"])
@@ -171,20 +185,44 @@ def _skip_done(plan: Plan, done: pd.DataFrame) -> None:
     plan.previous_run_id[idx] = done["run_id"].tolist()
 
 
+if TYPE_CHECKING:
+
+    class _History(NamedTuple):
+        """A row of `apply_history`'s merge (the keys sent now beside their ledger row), as itertuples gives it."""
+
+        position: int
+        vendor: str
+        invoice_id: str
+        sending: str
+        payload: str
+        state: str
+        http_status: float  # NaN where the ledger holds none
+        error_code: str | None
+        vendor_error_code: str | None  # NaN where the ledger holds none
+        error_message: str
+        attempts: int
+        run_id: str
+        updated_at: datetime
+
+
 def _report_failed(plan: Plan, failed: pd.DataFrame, frame: pd.DataFrame) -> list[RowResult]:
     """Decisions a vendor refused for good in an earlier run: reported again, not re-sent."""
     assert plan.previous_run_id is not None
     row_numbers = frame["row_number"].to_numpy()
     reported: list[RowResult] = []
-    for f in failed.itertuples(index=False):
+    for f in cast("Iterable[_History]", failed.itertuples(index=False)):
         plan.outcome[f.position] = Outcome.FAILED.value
         plan.previous_run_id[f.position] = f.run_id
-        reported.append(RowResult(
-            int(row_numbers[f.position]), Outcome.FAILED,
-            None if pd.isna(f.http_status) else int(f.http_status),
-            ErrorCode(f.error_code) if f.error_code else ErrorCode.VENDOR_REJECTED,
-            None if pd.isna(f.vendor_error_code) else f.vendor_error_code,
-            f"reported again from run {f.run_id}, not re-sent (--retry-failed sends it): {f.error_message}",
-            0, pd.Timestamp(f.updated_at).to_pydatetime(),
-        ))
+        reported.append(
+            RowResult(
+                int(row_numbers[f.position]),
+                Outcome.FAILED,
+                None if pd.isna(f.http_status) else int(f.http_status),
+                ErrorCode(f.error_code) if f.error_code else ErrorCode.VENDOR_REJECTED,
+                None if pd.isna(f.vendor_error_code) else f.vendor_error_code,
+                f"reported again from run {f.run_id}, not re-sent (--retry-failed sends it): {f.error_message}",
+                0,
+                pd.Timestamp(f.updated_at).to_pydatetime(),
+            )
+        )
     return reported

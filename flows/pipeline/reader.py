@@ -16,8 +16,8 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -65,9 +65,7 @@ def read_decisions(path: str | os.PathLike) -> pd.DataFrame:
     return pd.concat(batches, ignore_index=True)
 
 
-def iter_decision_batches(
-    path: str | os.PathLike, batch_rows: int = 100_000
-) -> Iterator[pd.DataFrame]:
+def iter_decision_batches(path: str | os.PathLike, batch_rows: int = 100_000) -> Iterator[pd.DataFrame]:
     """The decision file in normalised batches of at most `batch_rows` rows.
 
     The file is opened and its header checked before this returns, so a file that is unusable
@@ -102,9 +100,7 @@ def _check_path(path: str | os.PathLike) -> Path:
     suffix = file.suffix.lower()
     if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
         shown = f"'{file.suffix}'" if file.suffix else "no extension"
-        raise UnusableFile(
-            path, f"unsupported file type ({shown}): use a .csv, .parquet or .pq file"
-        )
+        raise UnusableFile(path, f"unsupported file type ({shown}): use a .csv, .parquet or .pq file")
     try:
         size = file.stat().st_size
     except OSError as error:
@@ -164,10 +160,8 @@ def _normalise_array(array: pa.Array, lower: bool) -> pa.Array:
 def _frame(columns: list[str], arrays: list[pa.Array], first_row: int) -> pd.DataFrame:
     """A normalised batch: `row_number` first, then every column as pandas `string`."""
     length = len(arrays[0]) if arrays else 0
-    data: dict[str, object] = {
-        ROW_NUMBER: np.arange(first_row, first_row + length, dtype=np.int64)
-    }
-    for name, array in zip(columns, arrays):
+    data: dict[str, object] = {ROW_NUMBER: np.arange(first_row, first_row + length, dtype=np.int64)}
+    for name, array in zip(columns, arrays, strict=True):
         if name == ROW_NUMBER:
             continue  # ours wins: row_number always means the position in this file
         normalised = _normalise_array(array, lower=name in LOWERCASE_COLUMNS)
@@ -175,9 +169,7 @@ def _frame(columns: list[str], arrays: list[pa.Array], first_row: int) -> pd.Dat
     return pd.DataFrame(data)
 
 
-def _numbered(
-    columns: list[str], raw: Iterator[list[pa.Array]]
-) -> Iterator[pd.DataFrame]:
+def _numbered(columns: list[str], raw: Iterator[list[pa.Array]]) -> Iterator[pd.DataFrame]:
     """Normalise raw batches into frames, numbering rows across batches."""
     next_row = 1
     for arrays in raw:
@@ -282,10 +274,7 @@ def _csv_problem(error: Exception, width: int, skipped: int) -> str:
     match = _FIELD_COUNT.search(text)
     if match:
         line, seen = int(match.group(2)) + skipped, match.group(3)
-        return (
-            f"line {line} has {seen} fields but the header has {width}"
-            " (an unquoted delimiter inside a value?)"
-        )
+        return f"line {line} has {seen} fields but the header has {width} (an unquoted delimiter inside a value?)"
     return f"not a readable CSV file ({text.removeprefix('Error tokenizing data. ')})"
 
 
@@ -311,27 +300,31 @@ def _csv_batches(
 ) -> Iterator[list[pa.Array]]:
     """Raw string arrays, batch by batch, from pandas' C parser."""
     positions = list(range(len(columns)))
-    options = dict(
-        sep=delimiter,
-        # The header is read as data row 0: the C parser then holds every line to the header's
-        # field count and fails on a longer one, instead of guessing an index column or
-        # silently dropping the surplus fields (what it does with header=0).
-        header=None,
-        names=positions,
-        index_col=False,
-        skiprows=skip,
-        dtype=str,  # every value as text: keeps leading zeros in ids
-        keep_default_na=False,  # "NA", "null" are values; only empty cells become missing
-        na_filter=False,
-        skipinitialspace=True,
-        encoding=encoding,
-        encoding_errors="replace",  # the scan picked a codec that decodes the file; belt and braces
-        engine="c",
-        chunksize=batch_rows,
-        low_memory=False,
-    )
     describe = lambda error: _csv_problem(error, len(columns), skip)  # noqa: E731
-    reader = _guard(file, lambda: pd.read_csv(file, **options), describe)
+    reader = _guard(
+        file,
+        lambda: pd.read_csv(
+            file,
+            sep=delimiter,
+            # The header is read as data row 0: the C parser then holds every line to the header's
+            # field count and fails on a longer one, instead of guessing an index column or
+            # silently dropping the surplus fields (what it does with header=0).
+            header=None,
+            names=positions,
+            index_col=False,
+            skiprows=skip,
+            dtype=str,  # every value as text: keeps leading zeros in ids
+            keep_default_na=False,  # "NA", "null" are values; only empty cells become missing
+            na_filter=False,
+            skipinitialspace=True,
+            encoding=encoding,
+            encoding_errors="replace",  # the scan picked a codec that decodes the file; belt and braces
+            engine="c",
+            chunksize=batch_rows,
+            low_memory=False,
+        ),
+        describe,
+    )
     try:
         first = True
         while True:
@@ -398,7 +391,7 @@ def _parquet_batches(file: Path, parquet, keep: list[str], batch_rows: int) -> I
             if batch is None:
                 return
             yield [
-                _guard(file, lambda i=i: _as_strings(batch.column(i)), _parquet_problem)
+                _guard(file, lambda i=i, batch=batch: _as_strings(batch.column(i)), _parquet_problem)
                 for i in range(batch.num_columns)
             ]
     finally:
@@ -437,9 +430,7 @@ def _as_strings(array: pa.Array) -> pa.Array:
         return pc.cast(array, pa.large_string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         # Lists, structs and other nested values: their Python text, rare enough to be slow.
-        return pa.array(
-            [None if v is None else str(v) for v in array.to_pylist()], pa.large_string()
-        )
+        return pa.array([None if v is None else str(v) for v in array.to_pylist()], pa.large_string())
 
 
 def _floats_as_strings(array: pa.Array) -> pa.Array:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from pandas.core.arrays.integer import IntegerDtype
 
 from connectors.vocabulary import Outcome, RowResult
 from flows.pipeline.files import atomic_write
@@ -67,9 +68,9 @@ def assemble_results(
     vendor_code = np.full(n, None, dtype=object)
     attempts = np.zeros(n, dtype=np.int64)
     finished = np.full(n, None, dtype=object)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
-    position = dict(zip(frame["row_number"].tolist(), range(n)))
+    position = dict(zip(frame["row_number"].tolist(), range(n), strict=True))
     for r in sent:
         i = position[r.row_number]
         outcome[i] = r.outcome.value
@@ -88,7 +89,8 @@ def assemble_results(
         else:  # never silently lost: a row with no answer is a failure, said loudly
             outcome[unsent] = Outcome.FAILED.value
             message[unsent] = "no result was recorded for this row"
-    finished = np.where(finished == None, now, finished)  # noqa: E711
+    # np.asarray(now): the 0-d object array np.where itself would make of the datetime.
+    finished = np.where(finished == None, np.asarray(now), finished)  # noqa: E711
 
     result = frame[LEAD_COLUMNS].copy()
     result["outcome"] = pd.array(outcome, dtype="string")
@@ -152,8 +154,12 @@ def _write_csv(results: pd.DataFrame, path: str | os.PathLike, rows_per_write: i
     if not len(results) or results.shape[1] < 2:
         results.to_csv(path, index=False)
         return
+
+    def column_cells(name: str):  # a def, not a lambda: with `name: str`, results[name] types as a Series
+        return _csv_column(results[name])
+
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # Arrow kernels release the GIL
-        columns = list(pool.map(lambda name: _csv_column(results[name]), results.columns))
+        columns = list(pool.map(column_cells, results.columns))
     if any(column is None for column in columns):
         results.to_csv(path, index=False, chunksize=200_000)
         return
@@ -179,7 +185,7 @@ def _csv_column(column: pd.Series):
     if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC":
         return _utc_text(column)
     is_int = isinstance(dtype, np.dtype) and dtype.kind in "iu"
-    if not (isinstance(dtype, pd.StringDtype) or is_int or isinstance(dtype, pd.core.arrays.integer.IntegerDtype)):
+    if not (isinstance(dtype, pd.StringDtype) or is_int or isinstance(dtype, IntegerDtype)):
         return None
     values = pa.array(column)
     if isinstance(values, pa.ChunkedArray):
@@ -192,7 +198,9 @@ def _csv_column(column: pd.Series):
     if not pc.any(needs_quotes).as_py():
         return values
     quote = pa.scalar('"', pa.large_string())
-    quoted = pc.binary_join_element_wise(quote, pc.replace_substring(values, '"', '""'), quote, pa.scalar("", pa.large_string()))
+    quoted = pc.binary_join_element_wise(
+        quote, pc.replace_substring(values, '"', '""'), quote, pa.scalar("", pa.large_string())
+    )
     return pc.if_else(needs_quotes, quoted, values)
 
 

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ VOID_DATE_SHAPE = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
 VOID_DATE_PARSED = "void_date_parsed"  # derived here; the suite's "not in the future" rule reads it
 NOW_PARAMETER = "now"  # the suite parameter ({"$PARAMETER": "now"}) filled in at run time
 # Columns always handed to GX (with row_number, void_date_parsed and any the suite names).
-SUITE_COLUMNS = REQUIRED_COLUMNS + ("invoice_number", "void_date")
+SUITE_COLUMNS = (*REQUIRED_COLUMNS, "invoice_number", "void_date")
 STRING_DTYPE = pd.StringDtype()
 CATEGORICAL_COLUMNS = ("vendor", "decision")
 
@@ -118,7 +118,7 @@ def suite_path(path: str | os.PathLike | None = None) -> Path:
     return Path(configured) if configured else DEFAULT_SUITE_PATH
 
 
-def load_suite(path: str | os.PathLike | None = None) -> "gx.ExpectationSuite":
+def load_suite(path: str | os.PathLike | None = None) -> gx.ExpectationSuite:
     """The expectation suite from its JSON file; every expectation must carry a `meta.rule`.
 
     GX's own constructor drops an invalid expectation with only a log line; here any problem
@@ -173,9 +173,10 @@ def load_suite(path: str | os.PathLike | None = None) -> "gx.ExpectationSuite":
         raise SuiteError(f"{file}: {one_line(error)}") from None
 
 
-def rule_texts(suite: "gx.ExpectationSuite") -> list[str]:
+def rule_texts(suite: gx.ExpectationSuite) -> list[str]:
     """The suite's rule texts, in suite order."""
-    return [expectation.meta["rule"] for expectation in suite.expectations]
+    # GX types `meta` as optional; load_suite() refuses an expectation without meta.rule.
+    return [cast("dict[str, Any]", expectation.meta)["rule"] for expectation in suite.expectations]
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def validate_decisions(
     df: pd.DataFrame,
     *,
     now: datetime | None = None,
-    suite: "gx.ExpectationSuite | None" = None,
+    suite: gx.ExpectationSuite | None = None,
 ) -> ValidationReport:
     """Run the suite over the decision rows and report the rules each row broke.
 
@@ -257,7 +258,7 @@ def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def suite_columns(suite: "gx.ExpectationSuite") -> list[str]:
+def suite_columns(suite: gx.ExpectationSuite) -> list[str]:
     """The columns the suite reads (in its kwargs and row conditions), plus the base columns."""
     found: dict[str, None] = dict.fromkeys(SUITE_COLUMNS)
 

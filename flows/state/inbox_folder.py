@@ -23,15 +23,16 @@ by the next run, so nothing is lost; the durable ledger makes sending it again s
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable
 
 TEMP_PATTERNS = ("~$*", ".*", "*.part", "*.partial", "*.tmp", "*.crdownload", "*~")
 CLAIMED_DIR = ".claimed"
@@ -60,7 +61,7 @@ class InboxLayout:
         processed: str | os.PathLike | None = None,
         rejected: str | os.PathLike | None = None,
         results: str | os.PathLike | None = None,
-    ) -> "InboxLayout":
+    ) -> InboxLayout:
         """The layout around `inbox`; processed/, rejected/ and results/ default to its siblings."""
         box = Path(inbox)
         root = box.parent
@@ -179,7 +180,7 @@ def claim_ready(layout: InboxLayout, names: Iterable[str], token: str, max_files
 
 def stamp(moment: datetime | None = None) -> str:
     """A UTC timestamp for folder and file names: 20261130T180000Z."""
-    return (moment or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def unique_path(folder: Path, stem: str, suffix: str = "", *, directory: bool = False) -> Path:
@@ -262,7 +263,5 @@ def put_back(layout: InboxLayout, claimed: Path) -> Path | None:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         folder.rmdir()
-    except OSError:
-        pass

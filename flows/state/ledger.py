@@ -25,10 +25,10 @@ from __future__ import annotations
 import enum
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pandas as pd
 import sqlalchemy as sa
@@ -87,8 +87,10 @@ def upsert_sql(paramstyle: str) -> str:
     """Insert a row or replace the one with its key: the same text for SQLite and PostgreSQL."""
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
     updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in KEY_COLUMNS)
-    return (f"INSERT INTO {decisions_table.name} ({', '.join(COLUMNS)}) VALUES ({', '.join([mark] * len(COLUMNS))}) "
-            f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}")
+    return (
+        f"INSERT INTO {decisions_table.name} ({', '.join(COLUMNS)}) VALUES ({', '.join([mark] * len(COLUMNS))}) "
+        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}"
+    )
 
 
 @dataclass(eq=False)
@@ -122,7 +124,7 @@ class Ledger:
         self.commits = 0  # transactions written (fewer than rows when answers arrive together)
 
     @classmethod
-    def open(cls, environ: Mapping[str, str] | None = None) -> "Ledger":
+    def open(cls, environ: Mapping[str, str] | None = None) -> Ledger:
         return cls(ledger_url(environ))
 
     def describe(self) -> str:
@@ -163,7 +165,7 @@ class Ledger:
             redact(result.error_message or ""),
             result.attempts,
             run_id,
-            self._timestamp(result.finished_at or datetime.now(timezone.utc)),
+            self._timestamp(result.finished_at or datetime.now(UTC)),
         )
         pending = _PendingRow(values)
         with self._wakeup:
