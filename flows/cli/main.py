@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="push: save the settings set in this environment as blocks; list: where each is set",
     )
     secrets.add_argument("--vendors", help="comma-separated vendors (default: all)")
+
+    alerts = sub.add_parser("alerts", help="Prefect automations that notify a person (Slack, Teams, a webhook)")
+    alerts_sub = alerts.add_subparsers(dest="alerts_action", required=True)
+    install = alerts_sub.add_parser("install", help="create or update the notification block and the automations")
+    channel = install.add_mutually_exclusive_group(required=True)
+    for name, what in (("slack", "a Slack incoming webhook"), ("teams", "a Microsoft Teams webhook"), ("webhook", "any URL")):
+        channel.add_argument(f"--{name}", metavar="URL", help=f"notify {what} (kept as a secret)")
+    install.add_argument(
+        "--failed-share", type=float, default=0.0, help="alert when a vendor's share of rows not done passes this (0)"
+    )
+    install.add_argument("--deadline", help="alert when a month-end run is not finished this long after due (e.g. 3h)")
+    alerts_sub.add_parser("list", help="the automations installed and the channel (never its URL)")
+    alerts_sub.add_parser("remove", help="delete the automations, the block and the threshold")
     return parser
 
 
@@ -105,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return validate_command(args.file, args.show)
     if args.command == "demo":
         return demo_command(args.out)
+    if args.command == "alerts":
+        return alerts_command(args)
     from connectors.registry import UnknownVendor, parse_vendors
 
     try:
@@ -260,6 +275,39 @@ def secrets_command(action: str, vendors: list[str] | None = None) -> int:
         in_block = block_name(name) if name in blocks else "-"
         print(f"{name:<{width}}  {in_env:<11}  {in_block}")
     return 0
+
+
+def alerts_command(args: argparse.Namespace) -> int:
+    """`invoice-sync alerts install|list|remove`: exit 0, 2 for bad options or an unreachable API."""
+    from flows.orchestration import alerts
+    from flows.pipeline.files import one_line
+
+    try:
+        if args.alerts_action == "install":
+            channel = next(name for name in alerts.CHANNEL_BLOCK_TYPES if getattr(args, name))
+            deadline = alerts.parse_duration(args.deadline) if args.deadline else None
+            spec = alerts.AlertSpec(channel, getattr(args, channel), args.failed_share, deadline)
+    except ValueError as error:
+        print(f"invoice-sync: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        if args.alerts_action == "install":
+            lines = alerts.install(spec)
+        elif args.alerts_action == "remove":
+            lines = alerts.remove() or ["no alerts were installed"]
+        else:
+            found, channel = alerts.installed()
+            lines = [f"channel: {channel or '(no notification block)'}"]
+            lines += [f"{a.name}: {'on' if a.enabled else 'off'}, {a.trigger}" for a in found] or ["no automations"]
+    except Exception as error:
+        text = one_line(error, 300)
+        if args.alerts_action == "install":  # an error that quotes the URL must not print it
+            text = text.replace(spec.url, "<the URL>")
+        print(f"invoice-sync: alerts {args.alerts_action} failed: {text}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    for line in lines:
+        print(line)
+    return EXIT_OK
 
 
 def demo_command(out: str) -> int:

@@ -20,6 +20,7 @@ from connectors.redact import install_log_redaction
 from connectors.vocabulary import ErrorCode, RowResult
 from flows.orchestration.artifacts import publish
 from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch
+from flows.orchestration.events import RetryRound, emit_run_finished
 from flows.pipeline.datadocs import write_data_docs
 from flows.pipeline.planning import Plan, apply_history, plan_rows
 from flows.pipeline.reader import UnusableFile, read_decisions
@@ -96,8 +97,14 @@ def sync_decisions(
     retry_failed: bool = False,
     show_progress: bool | None = None,
     settings_from_blocks: bool = False,
+    retry_round: int = 0,
+    retry_rounds: int = 0,
+    retries_run: str | None = None,
 ) -> State:
-    """Send every valid decision in `path` to its vendor and write one result row per input row."""
+    """Send every valid decision in `path` to its vendor and write one result row per input row.
+
+    `retry_round` (of `retry_rounds`, retrying the run `retries_run`) is set by `retry-failed` only.
+    """
     started = time.monotonic()
     install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
     logger = get_run_logger()
@@ -131,6 +138,10 @@ def sync_decisions(
         logger.warning("validation report not written: %s", exc)
     summary.seconds = time.monotonic() - started
     publish(summary)
+    try:  # what the alerts and the retry-failed deployment react to; never lose the run over it
+        emit_run_finished(summary, results, RetryRound(retry_round, retry_rounds, retries_run))
+    except Exception as exc:
+        logger.warning("run-finished event not emitted: %s", exc)
     if summary.all_done:
         return Completed(message=summary.counts_text(), data=summary)
     return Failed(name="RowsNotDone", message=summary.counts_text(), data=summary)
