@@ -144,6 +144,16 @@ class Ledger:
             return pd.DataFrame(columns=columns)
         return pd.concat(frames, ignore_index=True)
 
+    def transient_failures(self, run_id: str) -> pd.DataFrame:
+        """The decisions run `run_id` left failed for a transient reason (TRANSIENT_CODES), as last recorded."""
+        columns = [c.name for c in decisions_table.columns]
+        query = sa.select(decisions_table).where(
+            decisions_table.c.run_id == run_id, decisions_table.c.state == LedgerState.FAILED_TRANSIENT.value
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(decisions_table.c.vendor, decisions_table.c.invoice_id)).all()
+        return pd.DataFrame(rows, columns=columns)
+
     def record(self, decision: Decision, result: RowResult, run_id: str) -> None:
         """Write one decision's outcome (only for decisions that were actually sent)."""
         if result.attempts == 0 or result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
