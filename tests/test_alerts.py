@@ -227,7 +227,8 @@ def test_transient_and_permanent_failures_notify_once_and_the_retry_round_resend
     assert set(results["outcome"]) == {"succeeded"}
     assert all(sandbox.changes("appzen", r["invoice_id"]) == 1 for r in transient)
     assert all(sandbox.changes("alfred", r["invoice_id"]) == 1 for r in rows)
-    assert len(sandbox.request_log("modulus")) == 1  # the permanent failure was not sent again
+    sent_to_modulus = [path for _, _, path in sandbox.request_log("modulus") if "Authenticate" not in path]
+    assert len(sent_to_modulus) == 1  # the permanent failure was not sent again
     assert len(hook.requests) == before + 1  # the retry succeeded: nothing more to say, no further round
 
 

@@ -7,4 +7,7 @@ progress         rows done per vendor (terminal bars, progress artifact)
 secrets          vendor settings as Prefect Secret blocks
 shared_limits    a vendor's rate shared by all workers (a global concurrency limit)
 temporary_server Prefect's temporary API server, launched early by the command
+events           the run-finished event the alerts and the retries react to
+alerts           the notification block and the automations (`invoice-sync alerts`)
+retry            flow `retry-failed`: transient failures sent again, in rounds
 """
