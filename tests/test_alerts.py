@@ -131,7 +131,11 @@ def stack(databases, tmp_path_factory):
             created = server.run("work-pool", "create", POOL, "--type", "process")
             assert created.returncode == 0, created.stdout + created.stderr
             deployed = server.run(
-                "--no-prompt", "deploy", "--all", "--prefect-file", str(_test_prefect_yaml(root / "prefect.yaml")),
+                "--no-prompt",
+                "deploy",
+                "--all",
+                "--prefect-file",
+                str(_test_prefect_yaml(root / "prefect.yaml")),
                 env={"INVOICE_SYNC_POOL": POOL, "INVOICE_SYNC_TIMEZONE": "UTC", "INVOICE_SYNC_HOME": str(REPO_ROOT)},
             )
             assert deployed.returncode == 0, (deployed.stdout + deployed.stderr)[-4000:]
@@ -140,14 +144,37 @@ def stack(databases, tmp_path_factory):
             if ledger_db:
                 job_env["INVOICE_SYNC_LEDGER_URL"] = ledger_db
             for prefix in ("ALFRED", "ACCOUNTEER", "APPZEN", "MODULUS"):  # quick retries, nothing secret
-                job_env.update({f"{prefix}_BACKOFF_INITIAL": "0.02", f"{prefix}_BACKOFF_MAX": "0.2",
-                                f"{prefix}_RETRY_AFTER_MAX": "1", f"{prefix}_TIMEOUT": "60"})
-            worker = server.spawn("worker", "worker", "start", "--pool", POOL, "--type", "process",
-                                  "--name", "alerts-worker", env={**server.env, **job_env})
+                job_env.update(
+                    {
+                        f"{prefix}_BACKOFF_INITIAL": "0.02",
+                        f"{prefix}_BACKOFF_MAX": "0.2",
+                        f"{prefix}_RETRY_AFTER_MAX": "1",
+                        f"{prefix}_TIMEOUT": "60",
+                    }
+                )
+            worker = server.spawn(
+                "worker",
+                "worker",
+                "start",
+                "--pool",
+                POOL,
+                "--type",
+                "process",
+                "--name",
+                "alerts-worker",
+                env={**server.env, **job_env},
+            )
             for _ in range(2):  # installing twice leaves one set
                 assert main(["alerts", "install", "--webhook", hook.url, "--deadline", f"{DEADLINE_SECONDS}s"]) == 0
-            yield {"server": server, "sandbox": sandbox, "hook": hook, "root": root, "ledger": ledger_db,
-                   "prefect_db": prefect_db, "env": job_env}
+            yield {
+                "server": server,
+                "sandbox": sandbox,
+                "hook": hook,
+                "root": root,
+                "ledger": ledger_db,
+                "prefect_db": prefect_db,
+                "env": job_env,
+            }
     finally:
         if worker is not None:
             stop(worker)
@@ -163,8 +190,12 @@ def run_inbox(stack, deployment: str, rows: list[dict], name: str):
     inbox = stack["root"] / f"inbox-{name}"
     inbox.mkdir()
     pd.DataFrame(rows).to_csv(inbox / f"{name}.csv", index=False)
-    run = run_deployment(f"process-inbox/{deployment}", parameters={"inbox": str(inbox), "settle_seconds": 0},
-                         timeout=0, flow_run_name=f"alerts-{name}")
+    run = run_deployment(
+        f"process-inbox/{deployment}",
+        parameters={"inbox": str(inbox), "settle_seconds": 0},
+        timeout=0,
+        flow_run_name=f"alerts-{name}",
+    )
     (finished,) = wait_final(stack["server"], [run.id], timeout=240)
     return finished, inbox
 
@@ -201,8 +232,12 @@ def test_transient_and_permanent_failures_notify_once_and_the_retry_round_resend
     transient = seed_approvals(sandbox, "appzen", range(1, 3))
     for row in transient:  # two attempts each (APPZEN_MAX_ATTEMPTS): both answered 503, then it lets them
         sandbox.inject("appzen", "503", times=2, invoice_id=row["invoice_id"])
-    missing = {"invoice_id": invoice_id_for("modulus", 77), "vendor": "modulus", "decision": "approve",
-               "invoice_number": "N-missing"}  # never seeded: NOT_FOUND, a permanent failure
+    missing = {
+        "invoice_id": invoice_id_for("modulus", 77),
+        "vendor": "modulus",
+        "decision": "approve",
+        "invoice_number": "N-missing",
+    }  # never seeded: NOT_FOUND, a permanent failure
     run, _ = run_inbox(stack, "decision-file-drop", rows + transient + [missing], "mixed")
     assert run.state.name == "RowsNotDone"
 
@@ -238,7 +273,9 @@ def wait_for_retry(stack, timeout: float = 180):
     deadline = time.monotonic() + timeout
     with stack["server"].client() as client:
         while time.monotonic() < deadline:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["retry-failed"])))
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["retry-failed"]))
+            )
             if runs:
                 (run,) = runs
                 return wait_final(stack["server"], [run.id], timeout=deadline - time.monotonic())[0]
@@ -271,8 +308,12 @@ def test_a_month_end_run_past_its_deadline_alerts(stack):
     (row,) = seed_approvals(sandbox, "accounteer", [5])
     pd.DataFrame([row]).to_csv(inbox / "held.csv", index=False)
     sandbox.inject("accounteer", "slow", delay=DEADLINE_SECONDS + 15, invoice_id=row["invoice_id"])  # holds the run
-    run = run_deployment("process-inbox/month-end-approvals", parameters={"inbox": str(inbox), "settle_seconds": 0},
-                         timeout=0, flow_run_name="alerts-month-end")
+    run = run_deployment(
+        "process-inbox/month-end-approvals",
+        parameters={"inbox": str(inbox), "settle_seconds": 0},
+        timeout=0,
+        flow_run_name="alerts-month-end",
+    )
     (notification,) = hook.wait_for(before + 1, DEADLINE_SECONDS + NOTIFY_WITHIN)[before:]
     assert "month end not finished: alerts-month-end" in notification["json"]["subject"]
     assert "deployment month-end-approvals" in notification["json"]["body"]
@@ -315,11 +356,13 @@ def test_parse_duration_and_spec_checks():
 def test_the_threshold_and_the_retry_round_decide_who_is_told():
     from flows.orchestration.events import RetryRound, run_outcome
 
-    results = pd.DataFrame({
-        "vendor": ["alfred"] * 98 + ["alfred", "appzen"],
-        "outcome": ["succeeded"] * 98 + ["failed", "failed"],
-        "error_code": [None] * 98 + ["RETRIES_EXHAUSTED", "NOT_FOUND"],
-    })
+    results = pd.DataFrame(
+        {
+            "vendor": ["alfred"] * 98 + ["alfred", "appzen"],
+            "outcome": ["succeeded"] * 98 + ["failed", "failed"],
+            "error_code": [None] * 98 + ["RETRIES_EXHAUSTED", "NOT_FOUND"],
+        }
+    )
     strict = run_outcome(results, 0.0)
     assert strict.notify and strict.transient == {"alfred": 1} and strict.permanent == {"appzen": 1}
     assert not run_outcome(results[results["vendor"] == "alfred"], 0.02).notify  # 1 of 99: under 2%

@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     alerts_sub = alerts.add_subparsers(dest="alerts_action", required=True)
     install = alerts_sub.add_parser("install", help="create or update the notification block and the automations")
     channel = install.add_mutually_exclusive_group(required=True)
-    for name, what in (("slack", "a Slack incoming webhook"), ("teams", "a Microsoft Teams webhook"), ("webhook", "any URL")):
+    for name, what in (
+        ("slack", "a Slack incoming webhook"),
+        ("teams", "a Microsoft Teams webhook"),
+        ("webhook", "any URL"),
+    ):
         channel.add_argument(f"--{name}", metavar="URL", help=f"notify {what} (kept as a secret)")
     install.add_argument(
         "--failed-share", type=float, default=0.0, help="alert when a vendor's share of rows not done passes this (0)"
@@ -286,7 +290,7 @@ def alerts_command(args: argparse.Namespace) -> int:
         if args.alerts_action == "install":
             channel = next(name for name in alerts.CHANNEL_BLOCK_TYPES if getattr(args, name))
             deadline = alerts.parse_duration(args.deadline) if args.deadline else None
-            spec = alerts.AlertSpec(channel, getattr(args, channel), args.failed_share, deadline)
+            spec = alerts.AlertSpec(channel, str(getattr(args, channel)), args.failed_share, deadline)
     except ValueError as error:
         print(f"invoice-sync: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -296,8 +300,8 @@ def alerts_command(args: argparse.Namespace) -> int:
         elif args.alerts_action == "remove":
             lines = alerts.remove() or ["no alerts were installed"]
         else:
-            found, channel = alerts.installed()
-            lines = [f"channel: {channel or '(no notification block)'}"]
+            found, block_channel = alerts.installed()
+            lines = [f"channel: {block_channel or '(no notification block)'}"]
             lines += [f"{a.name}: {'on' if a.enabled else 'off'}, {a.trigger}" for a in found] or ["no automations"]
     except Exception as error:
         text = one_line(error, 300)

@@ -98,6 +98,8 @@ def notification_block(spec: AlertSpec) -> Any:
         name=BLOCK_NAME,
         url="{{alert_url}}",
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        headers=None,
+        cookies=None,
         secrets={"alert_url": spec.url},  # type: ignore[arg-type]
     )
 
@@ -145,7 +147,7 @@ def automations(spec: AlertSpec, block_id: Any) -> list[Any]:
             name=ROWS_AUTOMATION,
             description=f"A vendor's share of rows failed or rejected passed {spec.failed_share:g}.",
             trigger=EventTrigger(
-                match={"prefect.resource.id": f"{RUN_RESOURCE_PREFIX}*", LABEL_NOTIFY: "true"},  # type: ignore[arg-type]
+                match={"prefect.resource.id": f"{RUN_RESOURCE_PREFIX}*", LABEL_NOTIFY: "true"},
                 expect={RUN_FINISHED},
                 posture=Posture.Reactive,
                 threshold=1,
@@ -162,8 +164,11 @@ def automations(spec: AlertSpec, block_id: Any) -> list[Any]:
                 name=DEADLINE_AUTOMATION,
                 description=f"A month-end run not finished within {spec.deadline} of being due.",
                 trigger=EventTrigger(
-                    match={"prefect.resource.id": "prefect.flow-run.*"},  # type: ignore[arg-type]
-                    match_related={"prefect.resource.role": "deployment", "prefect.resource.name": MONTH_END_DEPLOYMENT},  # type: ignore[arg-type]
+                    match={"prefect.resource.id": "prefect.flow-run.*"},
+                    match_related={
+                        "prefect.resource.role": "deployment",
+                        "prefect.resource.name": MONTH_END_DEPLOYMENT,
+                    },
                     after={f"prefect.flow-run.{state}" for state in DEADLINE_STARTS},
                     expect={f"prefect.flow-run.{state}" for state in FINAL_STATES},
                     for_each={"prefect.resource.id"},

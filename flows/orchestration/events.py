@@ -150,7 +150,7 @@ def failed_share_threshold() -> float:
     except Exception:  # no API to ask: the strictest rule
         return 0.0
     try:
-        return float(value) if value is not None else 0.0  # type: ignore[arg-type]
+        return float(value) if value is not None else 0.0
     except (TypeError, ValueError):
         return 0.0
 

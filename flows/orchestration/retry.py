@@ -84,7 +84,9 @@ def retry_failed(
     atomic_write(path, lambda p: frame.to_csv(p, index=False))
     link = {"retries_run": run_id, "retried_results": results_dir, "round": round, "rounds": rounds}
     atomic_write(folder / "retry.json", lambda p: Path(p).write_text(json.dumps(link, indent=2)))
-    logger.info("round %d of %d: %d rows of run %s sent again, results in %s", round, rounds, len(frame), run_id, folder)
+    logger.info(
+        "round %d of %d: %d rows of run %s sent again, results in %s", round, rounds, len(frame), run_id, folder
+    )
     state = sync_decisions.with_options(flow_run_name=f"invoice-sync retry {round} of {run_id}")(
         str(path),
         out_dir=str(folder),
