@@ -45,7 +45,7 @@ def test_prefect_yaml_is_a_valid_project_file(config):
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(config)
-    assert {d.name for d in model.deployments} == {"month-end-approvals", "decision-file-drop"}
+    assert {d.name for d in model.deployments} == {"month-end-approvals", "decision-file-drop", "retry-failed"}
     assert config["prefect-version"] == "3.8.8"
 
 
@@ -117,6 +117,26 @@ def test_file_drop_polls_every_minute_without_piling_up(config):
     assert spec["parameters"]["inbox"] == "data/inbox"
     assert spec["concurrency_limit"] == {"limit": 2, "collision_strategy": "CANCEL_NEW"}
     assert deployment(config, "month-end-approvals")["parameters"]["inbox"] != spec["parameters"]["inbox"]
+
+
+def test_retry_failed_runs_three_rounds_with_growing_delays_on_transient_failures_only(config):
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.orchestration.events import LABEL_RETRY_ROUND, LABEL_TRANSIENT_LEFT, RUN_FINISHED
+
+    spec = deployment(config, "retry-failed")
+    flow = load_flow_from_entrypoint(str(REPO_ROOT / spec["entrypoint"]))
+    assert flow.name == "retry-failed"
+    triggers = [DeploymentEventTrigger.model_validate(t) for t in spec["triggers"]]
+    assert [t.schedule_after for t in triggers] == [timedelta(minutes=15), timedelta(hours=1), timedelta(hours=4)]
+    for round_, trigger in enumerate(triggers, start=1):
+        assert trigger.expect == {RUN_FINISHED}
+        assert trigger.match[LABEL_TRANSIENT_LEFT] == ["true"]
+        assert trigger.match[LABEL_RETRY_ROUND] == [str(round_ - 1)]  # round k follows round k-1
+        assert trigger.parameters["round"] == round_ and trigger.parameters["rounds"] == len(triggers)
+        assert trigger.parameters["run_id"] == "{{ event.payload.flow_run_id }}"
+        flow.validate_parameters({**trigger.parameters, "run_id": "r", "results_dir": "d"})
 
 
 def test_make_targets_for_the_prefect_way():
