@@ -87,7 +87,12 @@ def generate_decisions(
     later = pick(duplicate_share + conflict_share)
     if len(later):
         earlier = (rng.random(len(later)) * later).astype(np.int64)  # an earlier row
-        ids[later], vendor[later], number[later], void[later] = ids[earlier], vendor[earlier], number[earlier], void[earlier]
+        ids[later], vendor[later], number[later], void[later] = (
+            ids[earlier],
+            vendor[earlier],
+            number[earlier],
+            void[earlier],
+        )
         decision[later] = decision[earlier]
         conflicting = later[: int(n * conflict_share)]
         flip = decision[conflicting] == "approve"
@@ -120,7 +125,7 @@ class SandboxProcess:
         self.env: dict[str, str] = {}
         self.url = ""
 
-    def __enter__(self) -> "SandboxProcess":
+    def __enter__(self) -> SandboxProcess:
         cmd = [PYTHON, "-m", "sandbox", "--port", "0", "--auto-create", "--latency", str(self.latency)]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=quiet_env(), stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
@@ -163,15 +168,22 @@ def timed_command(cmd: list[str], env: dict[str, str]) -> dict[str, float | int 
     done = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"seconds": wall, "peak_mib": rss_kb / 1024, "exit": done.returncode, "out": done.stdout[-2000:],
-            "err": done.stderr[-3000:]}
+    return {
+        "seconds": wall,
+        "peak_mib": rss_kb / 1024,
+        "exit": done.returncode,
+        "out": done.stdout[-2000:],
+        "err": done.stderr[-3000:],
+    }
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     """A compact fixed-width table."""
-    cells = [[str(c) for c in header]] + [[f"{c:,.1f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    cells = [[str(c) for c in header]] + [
+        [f"{c:,.1f}" if isinstance(c, float) else str(c) for c in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))  # noqa: E731
     out = [title, line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]]
     return "\n".join(out)
 
@@ -185,13 +197,24 @@ class PrefectServer:
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
 
-    def __enter__(self) -> "PrefectServer":
+    def __enter__(self) -> PrefectServer:
         shutil.rmtree(self.home, ignore_errors=True)
         self.home.mkdir(parents=True)
         env = quiet_env(PREFECT_HOME=str(self.home), PREFECT_UI_ENABLED="false")
-        self.proc = subprocess.Popen([str(Path(PYTHON).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                str(Path(PYTHON).with_name("prefect")),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     PYTHON,
     WORK_DIR,
     PrefectServer,
@@ -67,8 +67,9 @@ def _atomic(target: Path, write) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--prefect-server", action="store_true",
-                        help="also run `run --dry-run` against a running Prefect server")
+    parser.add_argument(
+        "--prefect-server", action="store_true", help="also run `run --dry-run` against a running Prefect server"
+    )
     args = parser.parse_args(argv)
 
     work = WORK_DIR / "scale"
@@ -90,10 +91,22 @@ def _measure(args: argparse.Namespace, inputs: dict[str, Path], work: Path, cli:
         found = re.search(r"rows from .* in ([0-9.]+) s", result["out"])
         flow = f"{float(found.group(1)):.1f}" if found else "-"
         ok = result["seconds"] < TARGET_SECONDS and result["peak_mib"] < TARGET_MIB
-        rows.append([label, kind, f"{result['seconds']:.1f}", flow, f"{result['peak_mib']:,.0f}", result["exit"],
-                     "yes" if ok else "NO"])
-        print(f"  {label:22s} {kind:28s} {result['seconds']:6.1f} s {result['peak_mib']:7,.0f} MiB", file=sys.stderr,
-              flush=True)
+        rows.append(
+            [
+                label,
+                kind,
+                f"{result['seconds']:.1f}",
+                flow,
+                f"{result['peak_mib']:,.0f}",
+                result["exit"],
+                "yes" if ok else "NO",
+            ]
+        )
+        print(
+            f"  {label:22s} {kind:28s} {result['seconds']:6.1f} s {result['peak_mib']:7,.0f} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
         if result["exit"] not in (0, 1):
             print(result["err"], file=sys.stderr)
 
@@ -105,12 +118,20 @@ def _measure(args: argparse.Namespace, inputs: dict[str, Path], work: Path, cli:
     if args.prefect_server:
         with PrefectServer(work / "prefect-home") as server:
             for label in ("parquet", "csv"):
-                measure(label, "run --dry-run (Prefect server)",
-                        [cli, "run", str(inputs[label]), "--dry-run", "--no-progress", "--out", str(work / "results")],
-                        {**env, "PREFECT_API_URL": server.api})
+                measure(
+                    label,
+                    "run --dry-run (Prefect server)",
+                    [cli, "run", str(inputs[label]), "--dry-run", "--no-progress", "--out", str(work / "results")],
+                    {**env, "PREFECT_API_URL": server.api},
+                )
 
-    print(table(f"\nScale: {args.rows:,} decisions per file (targets: < {TARGET_SECONDS:g} s wall, < 2 GiB peak RSS)",
-                ["file", "command", "wall s", "flow s", "peak MiB", "exit", "target met"], rows))
+    print(
+        table(
+            f"\nScale: {args.rows:,} decisions per file (targets: < {TARGET_SECONDS:g} s wall, < 2 GiB peak RSS)",
+            ["file", "command", "wall s", "flow s", "peak MiB", "exit", "target met"],
+            rows,
+        )
+    )
     return 0
 
 

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json as jsonlib
+import os
 from bisect import bisect_left
 
+import pytest
 from urllib3 import HTTPHeaderDict
 
 from connectors.registry import CONNECTORS
-from connectors.wire import Response
 from connectors.settings import VendorSettings
+from connectors.wire import Response
 
+
+def in_ci() -> bool:
+    """CI=true (or 1/yes): this machine is CI's, which installs every server the tests need (.ci/run)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(reason: str):
+    """A server or tool a test needs is not here: skip on a developer's machine, fail loudly in CI.
+
+    CI installs PostgreSQL and Chromium (.ci/run), so there their absence or a failure to start
+    is a broken test environment, never a reason to report the test as skipped.
+    """
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: CI provides it, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 def fake_env() -> dict[str, str]:
@@ -67,8 +84,12 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
 
 def invoice_id_for(vendor: str, i: int) -> str:
     """A valid invoice id for `vendor` (the formats its validation rules demand), distinct per i."""
-    formats = {"alfred": f"A{i:05d}", "accounteer": f"{i:040x}",
-               "appzen": f"00000000-0000-4000-8000-{i:012x}", "modulus": str(1000 + i)}
+    formats = {
+        "alfred": f"A{i:05d}",
+        "accounteer": f"{i:040x}",
+        "appzen": f"00000000-0000-4000-8000-{i:012x}",
+        "modulus": str(1000 + i),
+    }
     return formats.get(vendor, f"{vendor}-{i:05d}")
 
 

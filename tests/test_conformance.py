@@ -25,7 +25,8 @@ from tests.test_transport import ScriptedHttp
 
 VENDORS = sorted(CONNECTORS)
 CREDENTIALS = {
-    vendor: [FAKE_ENV[f"{vendor.upper()}_{name}"] for name in cls.credential_names] for vendor, cls in CONNECTORS.items()
+    vendor: [FAKE_ENV[f"{vendor.upper()}_{name}"] for name in cls.credential_names]
+    for vendor, cls in CONNECTORS.items()
 }
 SIGN_IN_PAGE = "<!DOCTYPE html><html><head><title>Sign in</title></head><body><form>…</form></body></html>"
 

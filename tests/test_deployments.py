@@ -32,10 +32,10 @@ def deployment(config: dict, name: str) -> dict:
 
 def rendered(value, env: dict[str, str]):
     """The value as `prefect deploy` sees it with `env` (its `{{ $VAR }}` placeholders filled)."""
-    from prefect.utilities.templating import apply_values
-
     import os
     from unittest import mock
+
+    from prefect.utilities.templating import apply_values
 
     with mock.patch.dict(os.environ, env):
         return apply_values(value, dict(os.environ), remove_notset=False)
@@ -46,7 +46,9 @@ def test_prefect_yaml_is_a_valid_project_file(config):
 
     model = PrefectYamlModel.model_validate(config)
     assert {d.name for d in model.deployments} == {"month-end-approvals", "decision-file-drop", "retry-failed"}
-    assert config["prefect-version"] == "3.8.8"
+    from importlib.metadata import version
+
+    assert config["prefect-version"] == version("prefect")  # the Prefect this project runs with
 
 
 @pytest.mark.parametrize("name", ["month-end-approvals", "decision-file-drop"])
@@ -105,7 +107,9 @@ def test_month_end_schedule_agrees_with_the_rrule_form(config):
 
     (schedule,) = deployment(config, "month-end-approvals")["schedules"]
     start = datetime(2026, 1, 1, tzinfo=ZoneInfo("UTC"))
-    rrule = RRuleSchedule(rrule="FREQ=MONTHLY;BYMONTHDAY=-1;BYHOUR=18;BYMINUTE=0;BYSECOND=0", timezone="Europe/Amsterdam")
+    rrule = RRuleSchedule(
+        rrule="FREQ=MONTHLY;BYMONTHDAY=-1;BYHOUR=18;BYMINUTE=0;BYSECOND=0", timezone="Europe/Amsterdam"
+    )
     expected = asyncio.run(rrule.get_dates(n=24, start=start))
     assert month_end_dates(schedule, "Europe/Amsterdam", start, 24) == expected
 
@@ -140,8 +144,9 @@ def test_retry_failed_runs_three_rounds_with_growing_delays_on_transient_failure
 
 
 def test_make_targets_for_the_prefect_way():
-    out = subprocess.run(["make", "-n", "server", "pool", "deploy", "worker"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "server", "pool", "deploy", "worker"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "prefect server start --host 127.0.0.1" in out
     assert "work-pool create invoice-sync --type process" in out
     assert "deploy --all" in out

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -18,13 +18,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.vocabulary import ErrorCode, Outcome
-from connectors.vocabulary import RowResult
+from connectors.vocabulary import ErrorCode, Outcome, RowResult
 from flows.pipeline.planning import KEY, Plan, plan_rows
 from flows.pipeline.results import _write_csv, assemble_results, summarize
 
-NASTY = ["plain", "", None, "comma, inside", 'quote " inside', '"', '""', "new\nline", "carriage\rreturn",
-         "tab\there", " lead", "trail ", "semi;colon", "é ü ß", "x,\"y\"\nz", "=1+2", "a'b"]
+NASTY = [
+    "plain",
+    "",
+    None,
+    "comma, inside",
+    'quote " inside',
+    '"',
+    '""',
+    "new\nline",
+    "carriage\rreturn",
+    "tab\there",
+    " lead",
+    "trail ",
+    "semi;colon",
+    "é ü ß",
+    'x,"y"\nz',
+    "=1+2",
+    "a'b",
+]
 
 
 def same_csv(frame: pd.DataFrame, tmp_path, **kwargs) -> None:
@@ -41,14 +57,16 @@ def utc(values) -> pd.Series:
 def test_csv_matches_pandas_byte_for_byte(tmp_path):
     n = len(NASTY)
     base = np.datetime64("2026-11-22T03:18:47", "us")
-    frame = pd.DataFrame({
-        "text": pd.array(NASTY, dtype="string"),
-        "python_text": pd.array(NASTY[::-1], dtype="string[python]"),
-        "n": np.arange(n),
-        "maybe": pd.array([None if i % 3 else i for i in range(n)], dtype="Int64"),
-        "at": utc(base + np.arange(n).astype("timedelta64[ms]") * 37),
-        'odd, "name"': pd.array(NASTY, dtype="string"),
-    })
+    frame = pd.DataFrame(
+        {
+            "text": pd.array(NASTY, dtype="string"),
+            "python_text": pd.array(NASTY[::-1], dtype="string[python]"),
+            "n": np.arange(n),
+            "maybe": pd.array([None if i % 3 else i for i in range(n)], dtype="Int64"),
+            "at": utc(base + np.arange(n).astype("timedelta64[ms]") * 37),
+            'odd, "name"': pd.array(NASTY, dtype="string"),
+        }
+    )
     same_csv(frame, tmp_path)
     same_csv(frame, tmp_path, rows_per_write=4)  # written a slice at a time
     same_csv(frame.iloc[:0], tmp_path)
@@ -73,22 +91,46 @@ def test_utc_timestamps_are_formatted_like_pandas(tmp_path, stamps):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.one_of(st.none(), st.text(alphabet=',"\n\r ab\tü', max_size=6)),
-                          st.integers(-5, 10**6)), min_size=1, max_size=25))
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.text(alphabet=',"\n\r ab\tü', max_size=6)), st.integers(-5, 10**6)),
+        min_size=1,
+        max_size=25,
+    )
+)
 def test_csv_matches_pandas_for_any_text(tmp_path_factory, cells):
-    frame = pd.DataFrame({"s": pd.array([c for c, _ in cells], dtype="string"),
-                          "n": np.array([k for _, k in cells], dtype=np.int64)})
+    frame = pd.DataFrame(
+        {"s": pd.array([c for c, _ in cells], dtype="string"), "n": np.array([k for _, k in cells], dtype=np.int64)}
+    )
     same_csv(frame, tmp_path_factory.mktemp("csv"))
 
 
 def test_results_csv_of_a_run_matches_pandas(tmp_path):
-    frame = frame_of([("alfred", "A1", "approve"), ("alfred", "A1", "approve"), ("modulus", "7", "cancel"),
-                      ("appzen", "u-1", "approve"), ("appzen", "u-1", "cancel"), ("accounteer", "ab", "approve")])
+    frame = frame_of(
+        [
+            ("alfred", "A1", "approve"),
+            ("alfred", "A1", "approve"),
+            ("modulus", "7", "cancel"),
+            ("appzen", "u-1", "approve"),
+            ("appzen", "u-1", "cancel"),
+            ("accounteer", "ab", "approve"),
+        ]
+    )
     plan = plan_rows(frame, {6: ["accounteer: invoice_id must be a 40-character hex string"]})
-    now = datetime.now(timezone.utc)
-    sent = [RowResult(1, Outcome.SUCCEEDED, 202, None, None, "update Invoice", 1, now),
-            RowResult(3, Outcome.FAILED, 400, ErrorCode.VENDOR_REJECTED, "5505", 'HTTP 400: "Invalid status", sorry', 2,
-                      now - timedelta(microseconds=1500))]
+    now = datetime.now(UTC)
+    sent = [
+        RowResult(1, Outcome.SUCCEEDED, 202, None, None, "update Invoice", 1, now),
+        RowResult(
+            3,
+            Outcome.FAILED,
+            400,
+            ErrorCode.VENDOR_REJECTED,
+            "5505",
+            'HTTP 400: "Invalid status", sorry',
+            2,
+            now - timedelta(microseconds=1500),
+        ),
+    ]
     results = assemble_results(frame, plan, sent, "run-1")
     same_csv(results, tmp_path)
     assert summarize(results, "run-1", "f.csv").counts == {"succeeded": 1, "failed": 1, "rejected": 3, "skipped": 1}
@@ -109,13 +151,13 @@ def reference_repeats(frame: pd.DataFrame, row_errors) -> Plan:
     outcome, code, message = plan.outcome, plan.error_code, plan.error_message
     open_ = outcome == None  # noqa: E711
     rows = frame["row_number"].to_numpy()
-    candidates = frame.loc[open_, KEY + ["decision"]]
+    candidates = frame.loc[open_, [*KEY, "decision"]]
     repeated = candidates.duplicated(KEY, keep=False)
     groups = candidates[repeated].assign(position=np.flatnonzero(open_)[repeated.to_numpy()])
     for _, group in groups.groupby(KEY, sort=False):
         positions = group["position"].to_numpy()
         if group["decision"].nunique() > 1:
-            said = ", ".join(f"row {r} says {d}" for r, d in zip(rows[positions], group["decision"]))
+            said = ", ".join(f"row {r} says {d}" for r, d in zip(rows[positions], group["decision"], strict=False))
             outcome[positions], code[positions] = Outcome.REJECTED.value, ErrorCode.CONFLICTING_ROWS.value
             message[positions] = f"conflicting decisions for this invoice ({said}): none sent"
         else:
@@ -126,9 +168,18 @@ def reference_repeats(frame: pd.DataFrame, row_errors) -> Plan:
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["alfred", "modulus", None]), st.sampled_from(["1", "2", "3", None]),
-                          st.sampled_from(["approve", "cancel", None])), min_size=1, max_size=30),
-       st.sets(st.integers(1, 30), max_size=5))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["alfred", "modulus", None]),
+            st.sampled_from(["1", "2", "3", None]),
+            st.sampled_from(["approve", "cancel", None]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sets(st.integers(1, 30), max_size=5),
+)
 def test_repeats_and_conflicts_match_the_group_loop(rows, broken):
     frame = frame_of(rows)
     errors = {r: ["broken"] for r in broken if r <= len(rows)}
@@ -153,18 +204,20 @@ def test_a_file_of_repeats_is_planned_in_one_pass():
 
 
 def test_tenacity_only_for_rows_that_need_another_try(monkeypatch):
-    from tenacity import Retrying
+    from tenacity import BaseRetrying
 
     from tests.test_transport import OK, client_for, decision
 
-    copies = []
-    original = Retrying.copy
-    monkeypatch.setattr(Retrying, "copy", lambda self, *a, **k: copies.append(1) or original(self, *a, **k))
+    # Every run of a tenacity retry loop starts with begin(), however the loop is driven
+    # (a Retrying object called or iterated, a copy of one, a decorator): count those runs.
+    loops = []
+    original = BaseRetrying.begin
+    monkeypatch.setattr(BaseRetrying, "begin", lambda self: loops.append(1) or original(self))
     c, http, sleeps = client_for("alfred", [OK, (503, None), OK, (404, {"message": "Invoice not found"})])
     first = c.send(decision(1))
-    assert (first.outcome, first.attempts, copies) == (Outcome.SUCCEEDED, 1, [])
+    assert (first.outcome, first.attempts, loops) == (Outcome.SUCCEEDED, 1, [])
     second = c.send(decision(2))
-    assert (second.outcome, second.attempts, len(copies)) == (Outcome.SUCCEEDED, 2, 1)
+    assert (second.outcome, second.attempts, len(loops)) == (Outcome.SUCCEEDED, 2, 1)
     third = c.send(decision(3))
-    assert (third.outcome, third.error_code, third.attempts, len(copies)) == (Outcome.FAILED, ErrorCode.NOT_FOUND, 1, 1)
+    assert (third.outcome, third.error_code, third.attempts, len(loops)) == (Outcome.FAILED, ErrorCode.NOT_FOUND, 1, 1)
     assert len(http.calls) == 4 and len(sleeps) == 1  # one backoff, before the retry

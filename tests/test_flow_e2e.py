@@ -74,7 +74,9 @@ def results_of(out_dir: Path) -> pd.DataFrame:
 
 def check_sample_results(results: pd.DataFrame, sandbox) -> None:
     assert results["row_number"].tolist() == list(range(1, 23))  # exactly one result per input row
-    got = {int(r.row_number): (r.outcome, None if pd.isna(r.error_code) else r.error_code) for r in results.itertuples()}
+    got = {
+        int(r.row_number): (r.outcome, None if pd.isna(r.error_code) else r.error_code) for r in results.itertuples()
+    }
     assert got == SAMPLE_EXPECTED
     assert results["invoice_id"].iloc[0] == "000123"  # leading zeros kept
     assert results["cost_center"].iloc[0] == "CC-100"  # extra columns pass through
@@ -97,7 +99,9 @@ def test_sample_csv(sandbox, tmp_path, capsys):
     assert csv["invoice_id"].tolist() == results["invoice_id"].tolist()
     assert "results:" in out and "Traceback" not in out + err
     # rows that were never going to be sent made no request at all
-    assert not any(path.endswith("b92f3b4c8013d092acf7d8b56a8eef19bbea6613") for _, _, path in sandbox.request_log("accounteer"))
+    assert not any(
+        path.endswith("b92f3b4c8013d092acf7d8b56a8eef19bbea6613") for _, _, path in sandbox.request_log("accounteer")
+    )
 
 
 def test_sample_parquet(sandbox, tmp_path, capsys):
@@ -161,6 +165,9 @@ def test_lanes_keep_two_chunks_in_flight_per_vendor_and_tick_while_waiting():
     assert finished == 4 and ticks >= 4
 
 
+SLOW_TIMEOUT = 3.0  # the vendor timeout for the "slow" fault, which must make the first attempt time out
+
+
 @pytest.mark.parametrize(
     "fault, kwargs, attempts",
     [
@@ -170,11 +177,16 @@ def test_lanes_keep_two_chunks_in_flight_per_vendor_and_tick_while_waiting():
         ("503", {}, 2),
         ("drop_before", {}, 2),
         ("drop_after", {}, 2),  # committed, then the answer was lost: the retry finds it done
-        ("slow", {"delay": 3.0}, 2),  # past the 2 s timeout; the vendor commits late
+        ("slow", {"delay": SLOW_TIMEOUT + 3.0}, 2),  # well past the timeout; the vendor commits late
     ],
 )
 @pytest.mark.parametrize("vendor", ALL_VENDORS)
-def test_transient_faults_are_retried_once_and_nothing_changes_twice(sandbox, tmp_path, capsys, vendor, fault, kwargs, attempts):
+def test_transient_faults_are_retried_once_and_nothing_changes_twice(
+    sandbox, tmp_path, capsys, monkeypatch, vendor, fault, kwargs, attempts
+):
+    if fault == "slow":
+        # Short enough to keep the test quick, long enough that the retry itself never times out.
+        monkeypatch.setenv(f"{vendor.upper()}_TIMEOUT", str(SLOW_TIMEOUT))
     rows = seeded_rows(sandbox, 3, vendors=(vendor,))
     target = rows[1]["invoice_id"]
     sandbox.inject(vendor, fault, times=1, invoice_id=target, **kwargs)
@@ -198,7 +210,12 @@ def test_persistent_5xx_exhausts_retries(sandbox, tmp_path, capsys, monkeypatch,
     results = results_of(tmp_path / "out")
     assert code == EXIT_ROWS_NOT_DONE
     first = results.iloc[0]
-    assert (first.outcome, first.error_code, first.attempts, first.http_status) == ("failed", "RETRIES_EXHAUSTED", 3, 503)
+    assert (first.outcome, first.error_code, first.attempts, first.http_status) == (
+        "failed",
+        "RETRIES_EXHAUSTED",
+        3,
+        503,
+    )
     assert results.iloc[1].outcome == "succeeded"
     assert sandbox.changes(vendor, rows[0]["invoice_id"]) == 0
 
@@ -226,8 +243,15 @@ def test_expired_modulus_token_is_renewed(sandbox, tmp_path, capsys):
     assert len(auths) == 2
 
 
-@pytest.mark.parametrize("vendor, variable", [("alfred", "ALFRED_API_SECRET"), ("accounteer", "ACCOUNTEER_ACCESS_TOKEN"),
-                                              ("appzen", "APPZEN_CUSTOMER_KEY"), ("modulus", "MODULUS_SECRET")])
+@pytest.mark.parametrize(
+    "vendor, variable",
+    [
+        ("alfred", "ALFRED_API_SECRET"),
+        ("accounteer", "ACCOUNTEER_ACCESS_TOKEN"),
+        ("appzen", "APPZEN_CUSTOMER_KEY"),
+        ("modulus", "MODULUS_SECRET"),
+    ],
+)
 def test_wrong_credentials_stop_the_vendor_early(sandbox, tmp_path, capsys, monkeypatch, vendor, variable):
     rows = seeded_rows(sandbox, 40)
     monkeypatch.setenv(variable, "wrong-value-0000")
@@ -267,7 +291,9 @@ def test_dry_run_sends_nothing(sandbox, tmp_path, capsys):
 def test_vendor_filter(sandbox, tmp_path, capsys):
     rows = seeded_rows(sandbox, 2)
     path = write_decisions(tmp_path / "f.csv", rows)
-    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--vendors", "alfred,modulus", "--no-progress"], capsys)
+    code, _, _ = run(
+        ["run", str(path), "--out", str(tmp_path / "out"), "--vendors", "alfred,modulus", "--no-progress"], capsys
+    )
     results = results_of(tmp_path / "out")
     assert code == EXIT_OK
     assert set(results[results["outcome"] == "succeeded"]["vendor"]) == {"alfred", "modulus"}
@@ -278,9 +304,9 @@ def test_vendor_filter(sandbox, tmp_path, capsys):
     "name, content, problem",
     [
         ("missing.csv", None, "no such file"),
-        ("garbage.csv", b"\x00\x01\x02\xff\xfe" * 200, ""),
+        ("garbage.csv", b"\x00\x01\x02\xff\xfe" * 200, "not a text csv file (it contains nul bytes"),
         ("cols.csv", b"invoice,vendor\n1,alfred\n", "invoice_id"),
-        ("notes.txt", b"invoice_id,vendor,decision\n1,alfred,approve\n", ""),
+        ("notes.txt", b"invoice_id,vendor,decision\n1,alfred,approve\n", "unsupported file type ('.txt')"),
     ],
 )
 def test_unusable_file_sends_nothing(sandbox, tmp_path, capsys, name, content, problem):
@@ -291,7 +317,8 @@ def test_unusable_file_sends_nothing(sandbox, tmp_path, capsys, name, content, p
     assert code == EXIT_UNUSABLE
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert str(path) in lines[0] and problem in lines[0].lower()
+    assert problem, "every case names the problem its message must state"
+    assert str(path) in lines[0] and problem in lines[0].lower(), lines[0]
     assert "Traceback" not in out + err
     assert not (tmp_path / "out" / "results.parquet").exists()
     assert all(sandbox.request_log(v) == [] for v in ALL_VENDORS)

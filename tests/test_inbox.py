@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.orchestration import inbox as ib
-from flows.state import inbox_folder
 from flows.cli.main import SAMPLE_FILE, SAMPLE_SANDBOX_SEED
+from flows.orchestration import inbox as ib
 from flows.orchestration.secrets import block_name, push_secrets, read_secret_blocks, setting_names, settings_environ
+from flows.state import inbox_folder
 from tests.helpers import artifacts_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,9 @@ def old(path: Path, seconds: float = 3600) -> Path:
     return path
 
 
-def drop(folder: Path, name: str, content: bytes | str = b"invoice_id,vendor,decision\n1,alfred,approve\n", age: float = 3600) -> Path:
+def drop(
+    folder: Path, name: str, content: bytes | str = b"invoice_id,vendor,decision\n1,alfred,approve\n", age: float = 3600
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -165,8 +167,14 @@ def test_concurrent_claimers_in_separate_processes_never_share_a_file(tmp_path):
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     claimers = [
-        subprocess.Popen([sys.executable, "-c", CLAIMER, str(layout.inbox), f"run-{i}", str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(layout.inbox), f"run-{i}", str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+        )
         for i in range(3)
     ]
     deadline = time.time() + 90
@@ -191,7 +199,9 @@ def test_max_files_limits_one_run(tmp_path):
     for name in ("a.csv", "b.csv", "c.csv"):
         drop(layout.inbox, name)
     first = inbox_folder.claim_ready(layout, ["a.csv", "b.csv", "c.csv"], "run-1", max_files=1)
-    second = inbox_folder.claim_ready(layout, ["a.csv", "b.csv", "c.csv"], "run-2", max_files=1)  # a.csv is gone: takes b
+    second = inbox_folder.claim_ready(
+        layout, ["a.csv", "b.csv", "c.csv"], "run-2", max_files=1
+    )  # a.csv is gone: takes b
     assert [p.name for p in first] == ["a.csv"] and [p.name for p in second] == ["b.csv"]
     assert inbox_folder.claim_ready(layout, ["zzz.csv"], "run-3") == [] and not (layout.claimed / "run-3").exists()
 
@@ -207,7 +217,12 @@ def test_finish_moves_to_processed_or_rejected_with_the_reason_beside_it(tmp_pat
         drop(layout.inbox, name)
     a = inbox_folder.finish(layout, inbox_folder.claim(layout, "a.csv", "r1"), when="20261130T180000Z")
     assert a == layout.processed / "a-20261130T180000Z.csv" and a.exists()
-    b = inbox_folder.finish(layout, inbox_folder.claim(layout, "b.txt", "r1"), rejected_because="unusable file: not CSV", when="20261130T180000Z")
+    b = inbox_folder.finish(
+        layout,
+        inbox_folder.claim(layout, "b.txt", "r1"),
+        rejected_because="unusable file: not CSV",
+        when="20261130T180000Z",
+    )
     assert b == layout.rejected / "b-20261130T180000Z.txt" and b.exists()
     reason = (layout.rejected / "b-20261130T180000Z.txt.reason.txt").read_text()
     assert "b.txt was not processed" in reason and "unusable file: not CSV" in reason
@@ -238,8 +253,8 @@ def test_claims_of_ended_runs_go_back_to_the_inbox(tmp_path):
 
 
 def test_validation_report_is_standalone_html(tmp_path):
-    from flows.pipeline.reader import read_decisions
     from flows.pipeline.datadocs import write_data_docs
+    from flows.pipeline.reader import read_decisions
     from flows.pipeline.validation import validate_decisions
 
     report = validate_decisions(read_decisions(SAMPLE_FILE))
@@ -274,7 +289,9 @@ def test_environment_wins_and_blocks_fill_the_gaps_without_an_api():
         asked.append(list(names))
         return {"ALFRED_API_SECRET": "from-block", "ALFRED_API_KEY": "never-used"}
 
-    env = settings_environ(["alfred"], {"ALFRED_API_KEY": "from-env", "ALFRED_BASE_URL": "https://a"}, read_blocks=blocks)
+    env = settings_environ(
+        ["alfred"], {"ALFRED_API_KEY": "from-env", "ALFRED_BASE_URL": "https://a"}, read_blocks=blocks
+    )
     assert env["ALFRED_API_KEY"] == "from-env" and env["ALFRED_API_SECRET"] == "from-block"
     assert asked == [["ALFRED_API_SECRET"]]  # only what the environment lacks is looked up
     full = {"ALFRED_API_KEY": "k", "ALFRED_BASE_URL": "https://a", "ALFRED_API_SECRET": "s"}
@@ -316,7 +333,10 @@ def test_push_and_read_secret_blocks(secret_blocks, capsys, monkeypatch):
     saved, skipped = push_secrets(["alfred"], env)
     assert saved == ["alfred-base-url", "alfred-api-key"] and skipped == ["ALFRED_API_SECRET"]
     assert Secret.load("alfred-api-key").get() == "key-1"
-    assert read_secret_blocks(setting_names()) == {"ALFRED_BASE_URL": "https://alfred.example/api", "ALFRED_API_KEY": "key-1"}
+    assert read_secret_blocks(setting_names()) == {
+        "ALFRED_BASE_URL": "https://alfred.example/api",
+        "ALFRED_API_KEY": "key-1",
+    }
     # the flow's mapping: environment first, blocks for the rest
     filled = settings_environ(["alfred", "modulus"], {"ALFRED_API_KEY": "key-from-env"})
     assert filled["ALFRED_API_KEY"] == "key-from-env" and filled["ALFRED_BASE_URL"] == "https://alfred.example/api"
@@ -341,11 +361,17 @@ def test_push_and_read_secret_blocks(secret_blocks, capsys, monkeypatch):
 
 def flow_runs_under(parent_id) -> list:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
 
     with get_client(sync_client=True) as client:
         # A subflow's parent is a task run of the parent flow run.
-        task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[parent_id])))
+        task_runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[parent_id]))
+        )
         ids = [t.id for t in task_runs]
         if not ids:
             return []
@@ -417,7 +443,11 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
     assert children["invoice-sync decisions.csv"].state.message == "10 succeeded, 3 failed, 8 rejected, 1 skipped"
     assert results["run_id"].iloc[0] == str(children["invoice-sync decisions.csv"].id)
     markdown = [a for a in artifacts_of(children["invoice-sync decisions.csv"].id) if a.type == "markdown"]
-    assert markdown and "validation report" in markdown[0].data and str(decisions_out / "validation.html") in markdown[0].data
+    assert (
+        markdown
+        and "validation report" in markdown[0].data
+        and str(decisions_out / "validation.html") in markdown[0].data
+    )
     inbox_table = [a for a in artifacts_of(parent.id) if a.key == "invoice-sync-inbox"]
     assert inbox_table and "garbage.csv" in str(inbox_table[0].data)
 
@@ -429,7 +459,9 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_server")
-def test_process_inbox_all_good_is_completed_with_settings_from_secret_blocks(sandbox, tmp_path, monkeypatch, secret_blocks):
+def test_process_inbox_all_good_is_completed_with_settings_from_secret_blocks(
+    sandbox, tmp_path, monkeypatch, secret_blocks
+):
     layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
     good_rows(sandbox, 4).to_csv(drop(layout.inbox, "good.csv", b""), index=False)
     old(layout.inbox / "good.csv")

@@ -9,21 +9,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from connectors.registry import VENDORS as ALL_VENDORS
-from connectors.vocabulary import Decision, ErrorCode, Outcome
-from connectors.vocabulary import RowResult
+from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
 from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, main
-from flows.state.ledger import Ledger, ledger_url
 from flows.orchestration.temporary_server import free_port
-from tests.helpers import seed_approvals
+from flows.state.ledger import Ledger, ledger_url
+from tests.helpers import missing, seed_approvals
 
-NOW = datetime(2026, 11, 30, 18, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)
 
 
 def result(row, outcome, code=None, attempts=1, status=200):
@@ -31,6 +30,7 @@ def result(row, outcome, code=None, attempts=1, status=200):
 
 
 # -- the store ---------------------------------------------------------------------------------
+
 
 def exercise_store(ledger: Ledger) -> None:
     d1 = Decision(1, "000123", "alfred", "approve")
@@ -98,8 +98,9 @@ def test_default_location_follows_state_dir(tmp_path):
 
 # -- reruns ------------------------------------------------------------------------------------
 
+
 def run(args, capsys):
-    code = main(args + ["--no-progress"])
+    code = main([*args, "--no-progress"])
     capsys.readouterr()
     return code
 
@@ -153,9 +154,13 @@ def test_rerun_sends_only_what_is_not_done(sandbox, tmp_path, capsys, monkeypatc
 def test_a_changed_decision_is_sent(sandbox, tmp_path, capsys):
     sandbox.seed("modulus", "35", invoice_number="INV_1")
     path = tmp_path / "d.csv"
-    pd.DataFrame([{"invoice_id": "35", "vendor": "modulus", "decision": "approve", "invoice_number": "INV_1"}]).to_csv(path, index=False)
+    pd.DataFrame([{"invoice_id": "35", "vendor": "modulus", "decision": "approve", "invoice_number": "INV_1"}]).to_csv(
+        path, index=False
+    )
     assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_OK
-    pd.DataFrame([{"invoice_id": "35", "vendor": "modulus", "decision": "cancel", "invoice_number": "INV_1"}]).to_csv(path, index=False)
+    pd.DataFrame([{"invoice_id": "35", "vendor": "modulus", "decision": "cancel", "invoice_number": "INV_1"}]).to_csv(
+        path, index=False
+    )
     assert run(["run", str(path), "--out", str(tmp_path / "r2")], capsys) == EXIT_OK
     assert pd.read_parquet(tmp_path / "r2" / "results.parquet")["outcome"].item() == "succeeded"
     assert sandbox.state("modulus", "35") == "STATUS_VOID"
@@ -178,9 +183,17 @@ def test_dry_run_consults_the_ledger_without_writing(sandbox, tmp_path, capsys):
 
 # -- kill -9 -----------------------------------------------------------------------------------
 
+
 def _cli(args, env, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env, cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 @pytest.mark.e2e
@@ -212,7 +225,7 @@ def test_kill_9_mid_run_then_rerun_sends_each_decision_once(sandbox, tmp_path, s
     assert not (out / "results.parquet").exists()  # a crashed run leaves no complete-looking results
 
     rerun = _cli(["run", str(path), "--out", str(tmp_path / "rerun"), "--no-progress"], env)
-    stdout, stderr = rerun.communicate(timeout=240)
+    _stdout, stderr = rerun.communicate(timeout=240)
     assert rerun.returncode == EXIT_OK, stderr.decode()[-2000:]
     results = pd.read_parquet(tmp_path / "rerun" / "results.parquet")
     assert len(results) == len(rows) and results["outcome"].isin(["succeeded", "skipped"]).all()
@@ -229,6 +242,7 @@ def test_kill_9_mid_run_then_rerun_sends_each_decision_once(sandbox, tmp_path, s
 
 # -- PostgreSQL --------------------------------------------------------------------------------
 
+
 def _postgres_binaries() -> Path | None:
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
         if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
@@ -241,32 +255,49 @@ def postgres_url():
     """A throwaway PostgreSQL server on 127.0.0.1, started and stopped here."""
     bin_dir = _postgres_binaries()
     if bin_dir is None:
-        pytest.skip("no PostgreSQL server binaries (install Debian's postgresql package to run this test)")
+        missing("no PostgreSQL server binaries (install Debian's postgresql package to run this test)")
     # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
     base = Path(tempfile.mkdtemp(prefix="invoice-sync-pg-"))
     data = base / "data"
     as_postgres: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+            missing("running as root without runuser: cannot start PostgreSQL")
         shutil.chown(base, "postgres")
         os.chmod(base, 0o700)
         as_postgres = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    init = subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                          capture_output=True, text=True)
+    init = subprocess.run(
+        [*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        capture_output=True,
+        text=True,
+    )
     if init.returncode != 0:
-        pytest.skip(f"initdb failed: {init.stderr.strip()[:300]}")
-    start = subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w",
-                            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"],
-                           capture_output=True, text=True)
+        missing(f"initdb failed: {init.stderr.strip()[:300]}")
+    start = subprocess.run(
+        [
+            *as_postgres,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if start.returncode != 0:
-        pytest.skip(f"PostgreSQL did not start: {start.stderr.strip()[:300]}")
+        missing(f"PostgreSQL did not start: {start.stderr.strip()[:300]}")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 

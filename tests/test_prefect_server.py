@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import Sandbox
 from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, SAMPLE_FILE
 from flows.orchestration.temporary_server import PrefectServerError, TemporaryPrefectServer, free_port, prefect_api
+from sandbox import Sandbox
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 120  # a safety net for a loaded machine, not a measure: no test asserts a duration
@@ -74,6 +74,7 @@ def fake_prefect(app_dir: Path, create_app_body: str) -> Path:
 
 # -- the server ---------------------------------------------------------------------------------
 
+
 def test_serves_health_on_loopback_only_and_stop_leaves_no_process(prefect_home):
     server = TemporaryPrefectServer(startup_timeout=STARTUP_TIMEOUT, env=server_env(prefect_home))
     with server:
@@ -92,7 +93,9 @@ def test_port_taken_before_the_server_binds_it_is_retried_on_another(prefect_hom
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        with TemporaryPrefectServer(port=taken, startup_timeout=STARTUP_TIMEOUT, env=server_env(prefect_home)) as server:
+        with TemporaryPrefectServer(
+            port=taken, startup_timeout=STARTUP_TIMEOUT, env=server_env(prefect_home)
+        ) as server:
             server.wait_until_healthy()
             assert server.port != taken
             assert health(server.api_url)[0] == 200
@@ -129,10 +132,15 @@ def test_waiting_for_a_server_never_started_is_an_error():
 
 # -- when it is used -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("updates", [
-    {"PREFECT_API_URL": "http://127.0.0.1:9/api"},  # a real server, or a worker running a deployment
-    {"PREFECT_API_URL": None, "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": False},  # Prefect would refuse to run
-], ids=["api-url-configured", "temporary-server-forbidden"])
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        {"PREFECT_API_URL": "http://127.0.0.1:9/api"},  # a real server, or a worker running a deployment
+        {"PREFECT_API_URL": None, "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": False},  # Prefect would refuse to run
+    ],
+    ids=["api-url-configured", "temporary-server-forbidden"],
+)
 def test_not_launched_when_prefect_would_not_start_one(updates, monkeypatch):
     import prefect.settings
     from prefect.settings import temporary_settings
@@ -142,10 +150,14 @@ def test_not_launched_when_prefect_would_not_start_one(updates, monkeypatch):
 
     monkeypatch.setattr(TemporaryPrefectServer, "start", no_server)
     settings = {getattr(prefect.settings, name): value for name, value in updates.items()}
-    with temporary_settings(updates={k: v for k, v in settings.items() if v is not None},
-                            restore_defaults={k for k, v in settings.items() if v is None}):
-        with prefect_api() as wait_for_api:
-            assert wait_for_api is None
+    with (
+        temporary_settings(
+            updates={k: v for k, v in settings.items() if v is not None},
+            restore_defaults={k for k, v in settings.items() if v is None},
+        ),
+        prefect_api() as wait_for_api,
+    ):
+        assert wait_for_api is None
 
 
 def test_an_api_url_from_a_prefect_profile_counts_too(tmp_path):
@@ -154,22 +166,32 @@ def test_an_api_url_from_a_prefect_profile_counts_too(tmp_path):
     profiles.write_text('active = "remote"\n\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n')
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path), PREFECT_PROFILES_PATH=str(profiles), PYTHONPATH=str(REPO_ROOT))
-    probe = ("import sys\nfrom flows.orchestration.temporary_server import prefect_api\n"
-             "with prefect_api() as wait_for_api:\n"
-             "    print(wait_for_api is None, 'prefect.server.api.server' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=STARTUP_TIMEOUT)
+    probe = (
+        "import sys\nfrom flows.orchestration.temporary_server import prefect_api\n"
+        "with prefect_api() as wait_for_api:\n"
+        "    print(wait_for_api is None, 'prefect.server.api.server' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=STARTUP_TIMEOUT
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "False"]  # no server, and not even Prefect's server code imported
 
 
 # -- the CLI ------------------------------------------------------------------------------------
 
+
 def run_cli(out: Path, env: dict[str, str]) -> tuple[int, str]:
     """`invoice-sync -v run` on the sample file; its stdout and stderr (with Prefect's INFO lines) together."""
     env = {k: v for k, v in env.items() if k != "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"}  # conftest's CRITICAL
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "-v", "run", str(SAMPLE_FILE), "--out", str(out),
-                           "--no-progress"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "-v", "run", str(SAMPLE_FILE), "--out", str(out), "--no-progress"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.returncode, done.stdout + done.stderr
 
 

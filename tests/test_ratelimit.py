@@ -9,6 +9,7 @@ local Prefect server with two worker processes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -20,12 +21,12 @@ from pathlib import Path
 import pytest
 
 from connectors.registry import CONNECTORS
-from connectors.vocabulary import Decision, ErrorCode, Outcome
-from connectors.sending.ratelimit import HEADROOM, GlobalLimitError, GlobalRateLimiter, RateLimiter, limiter_for
-from sandbox import Sandbox
-from connectors.settings import VendorSettings
 from connectors.sending.client import VendorClient
+from connectors.sending.ratelimit import HEADROOM, GlobalLimitError, GlobalRateLimiter, RateLimiter, limiter_for
+from connectors.settings import VendorSettings
+from connectors.vocabulary import Decision, Outcome
 from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
+from sandbox import Sandbox
 from tests.helpers import FAKE_ENV, max_in_window
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -198,16 +199,19 @@ class FakeGCL:
 def test_global_limiter_takes_slots_in_batches_and_spaces_them():
     t = FakeTime()
     gcl = FakeGCL(t, limit=10, decay=20)
-    limiter = GlobalRateLimiter("vendor-alfred", None, describe=gcl.describe, take_slots=gcl.take,
-                                clock=t.clock, sleep=t.sleep)
+    limiter = GlobalRateLimiter(
+        "vendor-alfred", None, describe=gcl.describe, take_slots=gcl.take, clock=t.clock, sleep=t.sleep
+    )
     granted = []
     for _ in range(100):
         limiter.acquire()
         granted.append(t.now)
     # one API call per ~10 requests (each request uses 1/HEADROOM slots: 3% headroom)
     assert [occupy for _, occupy, _ in gcl.calls] == [10] * math.ceil(100 * GlobalRateLimiter.COST / 10)
-    assert limiter.gcl_calls == 11 and limiter.slots_taken == 110
-    gaps = [b - a for a, b in zip(granted, granted[1:])]
+    # its counters say what the GCL saw, and no request went out on slots it did not take
+    assert limiter.gcl_calls == len(gcl.calls) and limiter.slots_taken == sum(occupy for _, occupy, _ in gcl.calls)
+    assert 100 * GlobalRateLimiter.COST <= limiter.slots_taken < 100 * GlobalRateLimiter.COST + 10
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
     assert min(gaps) >= 1 / 20 - 1e-9  # spaced at the GCL's rate: a batch is never a burst
     assert max_in_window(granted) <= 20
     assert 99 / (granted[-1] - granted[0]) >= 0.9 * 20
@@ -216,14 +220,15 @@ def test_global_limiter_takes_slots_in_batches_and_spaces_them():
 def test_global_limiter_honours_a_lower_local_rate_and_a_smaller_batch():
     t = FakeTime()
     gcl = FakeGCL(t, limit=10, decay=50)
-    limiter = GlobalRateLimiter("g", 5, batch=4, describe=gcl.describe, take_slots=gcl.take,
-                                clock=t.clock, sleep=t.sleep)
+    limiter = GlobalRateLimiter(
+        "g", 5, batch=4, describe=gcl.describe, take_slots=gcl.take, clock=t.clock, sleep=t.sleep
+    )
     granted = []
     for _ in range(12):
         limiter.acquire()
         granted.append(t.now)
     assert [occupy for _, occupy, _ in gcl.calls] == [4, 4, 4, 4]  # 12 requests * 1.03 slots
-    assert min(b - a for a, b in zip(granted, granted[1:])) >= 1 / (5 * HEADROOM) - 1e-9
+    assert min(b - a for a, b in itertools.pairwise(granted)) >= 1 / (5 * HEADROOM) - 1e-9
 
 
 def test_global_limiter_pause_holds_this_worker_back():
@@ -315,8 +320,15 @@ def test_two_workers_share_one_gcl_rate_limit(sandbox, tmp_path):
         "ALFRED_GLOBAL_LIMIT": name,  # no ALFRED_RATE_LIMIT: each worker spaces at the shared rate
     }
     workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER, f"W{i}", str(PER_WORKER)], env=env, cwd=REPO_ROOT,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, f"W{i}", str(PER_WORKER)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for worker in workers:
@@ -335,8 +347,20 @@ def test_two_workers_share_one_gcl_rate_limit(sandbox, tmp_path):
     assert all(o["gcl_calls"] <= math.ceil(PER_WORKER * GlobalRateLimiter.COST / BURST) for o in outputs)
     times = arrivals(sandbox)
     assert len(times) == 2 * PER_WORKER
-    print(f"shared limit {SHARED_RATE}/s: max {max_in_window(times)} in 1 s, achieved {achieved_rate(times):.1f}/s")
+    by_worker = [sorted(t for t, _, path in sandbox.request_log("alfred") if f"/W{i}-" in path) for i in range(2)]
+    assert [len(w) for w in by_worker] == [PER_WORKER, PER_WORKER]
+    overlap = min(w[-1] for w in by_worker) - max(w[0] for w in by_worker)
+    print(
+        f"shared limit {SHARED_RATE}/s: max {max_in_window(times)} in 1 s, achieved {achieved_rate(times):.1f}/s, "
+        f"workers sending together for {overlap:.2f} s"
+    )
     assert max_in_window(times) <= SHARED_RATE  # combined, never over the shared limit
-    # Both were told to go at the same moment: alone, each would send at the full shared rate,
-    # so the two together could only stay under it by taking turns through the GCL.
+    # Both were released at the same moment and each, alone, would send at the full shared rate:
+    # the two together stayed under it only because every request took a slot of the one GCL,
+    # so the whole took at least as long as the shared rate allows for both workers' requests.
     assert times[-1] - times[0] >= (2 * PER_WORKER - 2 * BURST) / SHARED_RATE
+    # The GCL shares the total rate; it does not split it evenly: a worker that is sending asks
+    # again the moment its batch has decayed, while Prefect makes a refused worker wait longer at
+    # each refusal, so the two may well take turns (docs/performance.md, "Shared between workers").
+    # What is promised is the total, checked above, and that both got through the GCL at all:
+    assert all(o["gcl_calls"] >= 1 for o in outputs)

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from http.client import HTTPConnection
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -79,12 +79,16 @@ def appzen(http, sb, uuid, body=None, headers=APPZEN_HEADERS, **kw) -> requests.
 
 
 def modulus_token(http, sb) -> str:
-    r = http.post(f"{sb.base_url('modulus')}/api/cmn/Authenticate", data={"app": C["MODULUS_APP"], "secret": C["MODULUS_SECRET"]})
+    r = http.post(
+        f"{sb.base_url('modulus')}/api/cmn/Authenticate", data={"app": C["MODULUS_APP"], "secret": C["MODULUS_SECRET"]}
+    )
     assert r.status_code == 200, r.text
     return r.json()["object"]["token"]
 
 
-def modulus(http, sb, token, invoice_id="35", status="STATUS_SENT", number="INV_2023_01_01_828", **extra) -> requests.Response:
+def modulus(
+    http, sb, token, invoice_id="35", status="STATUS_SENT", number="INV_2023_01_01_828", **extra
+) -> requests.Response:
     details = {"invoice_id": invoice_id, "status": status, "invoice_number": number, **extra}
     details = {k: v for k, v in details.items() if v is not None}
     params = {} if token is None else {"token": token}
@@ -111,10 +115,18 @@ def assert_appzen_error(response: requests.Response, status: int, text: str = ""
 def test_env_and_base_urls(sandbox: Sandbox) -> None:
     env = sandbox.env()
     assert set(env) == {
-        "ALFRED_BASE_URL", "ALFRED_API_KEY", "ALFRED_API_SECRET",
-        "ACCOUNTEER_BASE_URL", "ACCOUNTEER_ACCESS_TOKEN",
-        "APPZEN_BASE_URL", "APPZEN_API_KEY", "APPZEN_CUSTOMER_ID", "APPZEN_CUSTOMER_KEY",
-        "MODULUS_BASE_URL", "MODULUS_APP", "MODULUS_SECRET",
+        "ALFRED_BASE_URL",
+        "ALFRED_API_KEY",
+        "ALFRED_API_SECRET",
+        "ACCOUNTEER_BASE_URL",
+        "ACCOUNTEER_ACCESS_TOKEN",
+        "APPZEN_BASE_URL",
+        "APPZEN_API_KEY",
+        "APPZEN_CUSTOMER_ID",
+        "APPZEN_CUSTOMER_KEY",
+        "MODULUS_BASE_URL",
+        "MODULUS_APP",
+        "MODULUS_SECRET",
     }
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", sandbox.url)
     assert env["ALFRED_BASE_URL"] == f"{sandbox.url}/alfred/api/v1/third-party-service"
@@ -133,8 +145,12 @@ def test_keep_alive_serves_several_requests_on_one_connection(sandbox: Sandbox) 
     conn = HTTPConnection("127.0.0.1", sandbox.port, timeout=5)
     try:
         for invoice_id in ("K1", "K2", "K1"):
-            conn.request("PUT", f"/alfred/api/v1/third-party-service/invoice/{invoice_id}",
-                         body=b'{"status":"approved"}', headers={**ALFRED_HEADERS, "Content-Type": "application/json"})
+            conn.request(
+                "PUT",
+                f"/alfred/api/v1/third-party-service/invoice/{invoice_id}",
+                body=b'{"status":"approved"}',
+                headers={**ALFRED_HEADERS, "Content-Type": "application/json"},
+            )
             response = conn.getresponse()
             response.read()
             assert response.status in (202, 422)
@@ -153,10 +169,14 @@ def test_stop_releases_the_port_and_cuts_keep_alive_connections(http: requests.S
     url = sb.url
     sb.stop()
     with pytest.raises(requests.ConnectionError):
-        session.put(f"{url}/alfred/api/v1/third-party-service/invoice/A", json={"status": "cancel"},
-                    headers=ALFRED_HEADERS, timeout=2)
+        session.put(
+            f"{url}/alfred/api/v1/third-party-service/invoice/A",
+            json={"status": "cancel"},
+            headers=ALFRED_HEADERS,
+            timeout=2,
+        )
     with pytest.raises(RuntimeError):
-        sb.url
+        sb.url  # noqa: B018  reading the property is the test
 
 
 def test_unknown_path(http: requests.Session, sandbox: Sandbox) -> None:
@@ -220,8 +240,12 @@ def test_alfred_refusals(http: requests.Session, sandbox: Sandbox) -> None:
 
 def test_alfred_ids_are_url_decoded(http: requests.Session, sandbox: Sandbox) -> None:
     sandbox.seed("alfred", "INV 1/2")
-    assert http.put(f"{sandbox.base_url('alfred')}/invoice/INV%201%2F2", json={"status": "approved"},
-                    headers=ALFRED_HEADERS).status_code == 202
+    assert (
+        http.put(
+            f"{sandbox.base_url('alfred')}/invoice/INV%201%2F2", json={"status": "approved"}, headers=ALFRED_HEADERS
+        ).status_code
+        == 202
+    )
     assert sandbox.state("alfred", "INV 1/2") == "approved"
 
 
@@ -286,8 +310,11 @@ def test_appzen_sync_and_refusals_of_finalised(http: requests.Session, sandbox: 
 
 def test_appzen_error_state_changes_nothing(http: requests.Session, sandbox: Sandbox) -> None:
     sandbox.seed("appzen", UUID)
-    body = {"appzen_invoice_state": "ERROR", "timestamp": "2026-11-01T11:01:00Z",
-            "error_data": {"message": "m", "status": "s", "exception": "e"}}
+    body = {
+        "appzen_invoice_state": "ERROR",
+        "timestamp": "2026-11-01T11:01:00Z",
+        "error_data": {"message": "m", "status": "s", "exception": "e"},
+    }
     assert appzen(http, sandbox, UUID, body=body).status_code == 200
     assert sandbox.state("appzen", UUID) == "pending" and sandbox.changes("appzen", UUID) == 0
 
@@ -392,14 +419,34 @@ def test_modulus_expire_tokens(http: requests.Session, sandbox: Sandbox) -> None
     assert modulus(http, sandbox, modulus_token(http, sandbox)).status_code == 200
 
 
-def test_modulus_token_lifetime(http: requests.Session) -> None:
-    with Sandbox(token_lifetime=0.3) as sb:
+class FakeClock:
+    """Stands in for the `time` module the modulus simulator reads its clock from."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("lifetime", [None, 0.3], ids=["documented-15-minutes", "custom"])
+def test_modulus_token_lifetime(
+    http: requests.Session, monkeypatch: pytest.MonkeyPatch, lifetime: float | None
+) -> None:
+    import importlib
+
+    # The simulator's clock, moved by the test: the token's age is exact, whatever the machine's load.
+    clock = FakeClock()
+    monkeypatch.setattr(importlib.import_module("sandbox.modulus"), "time", clock)
+    with Sandbox(**({} if lifetime is None else {"token_lifetime": lifetime})) as sb:
+        seconds = 15 * 60 if lifetime is None else lifetime
         sb.seed("modulus", "35")
         sb.seed("modulus", "36")
         token = modulus_token(http, sb)
-        assert modulus(http, sb, token).status_code == 200
-        time.sleep(0.4)
-        assert modulus_error(modulus(http, sb, token, invoice_id="36"))[0] == 401
+        clock.now += seconds * 0.999
+        assert modulus(http, sb, token).status_code == 200  # still valid just before its lifetime ends
+        clock.now = 1000.0 + seconds
+        assert modulus_error(modulus(http, sb, token, invoice_id="36"))[0] == 401  # expired at its end
         assert sb.state("modulus", "36") == "STATUS_DRAFT"
 
 
@@ -571,16 +618,47 @@ def test_slow(http: requests.Session, sandbox: Sandbox) -> None:
     assert time.monotonic() - started >= 0.3
 
 
-def test_slow_times_out_but_still_applies(http: requests.Session, sandbox: Sandbox) -> None:
+class HeldSleep:
+    """Stands in for the `time` module of the sandbox's server: a "slow" fault of `delay` seconds
+    is held until the test releases it (every other sleep and the clock are the real ones)."""
+
+    def __init__(self, delay: float) -> None:
+        import threading
+
+        self.delay = delay
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds != self.delay:
+            return time.sleep(seconds)
+        self.holding.set()
+        assert self.release.wait(30), "the test never released the held request"
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_slow_times_out_but_still_applies(
+    http: requests.Session, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    held = HeldSleep(delay=7.25)  # held, not slept: the vendor answers when the test says so
+    monkeypatch.setattr(importlib.import_module("sandbox.server"), "time", held)
     sandbox.seed("alfred", "F1")
-    sandbox.inject("alfred", "slow", delay=0.4)
-    with pytest.raises(requests.Timeout):
-        alfred(http, sandbox, "F1", timeout=0.1)
-    assert sandbox.state("alfred", "F1") == "pending"
-    deadline = time.monotonic() + 2
+    sandbox.inject("alfred", "slow", delay=held.delay)
+    try:
+        with pytest.raises(requests.Timeout):
+            alfred(http, sandbox, "F1", timeout=0.1)
+        assert held.holding.is_set()  # the vendor has the request and is still on it
+        assert sandbox.state("alfred", "F1") == "pending"
+    finally:
+        held.release.set()
+    deadline = time.monotonic() + 10
     while sandbox.state("alfred", "F1") != "approved" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sandbox.state("alfred", "F1") == "approved"
+    assert sandbox.state("alfred", "F1") == "approved"  # the late request still applied
 
 
 def test_expire_token_fault(http: requests.Session, sandbox: Sandbox) -> None:
@@ -651,7 +729,10 @@ def test_faults_skip_modulus_authentication_unless_aimed(http: requests.Session,
     token = modulus_token(http, sandbox)  # not hit by the fault
     assert modulus(http, sandbox, token).status_code == 500
     sandbox.inject("modulus", "503", invoice_id=MODULUS_AUTHENTICATE)
-    r = http.post(f"{sandbox.base_url('modulus')}/api/cmn/Authenticate", data={"app": C["MODULUS_APP"], "secret": C["MODULUS_SECRET"]})
+    r = http.post(
+        f"{sandbox.base_url('modulus')}/api/cmn/Authenticate",
+        data={"app": C["MODULUS_APP"], "secret": C["MODULUS_SECRET"]},
+    )
     assert r.status_code == 503
     assert modulus(http, sandbox, modulus_token(http, sandbox)).status_code == 200
 
@@ -688,7 +769,10 @@ def test_main_serves_until_interrupted(tmp_path: Path) -> None:
     seed.write_text("vendor,invoice_id\nalfred,CLI-1\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "--port", "0", "--seed", str(seed)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = []
@@ -696,13 +780,17 @@ def test_main_serves_until_interrupted(tmp_path: Path) -> None:
             lines.append(line.rstrip("\n"))
             if line.startswith("# Ctrl-C"):
                 break
-        env = dict(line[len("export "):].split("=", 1) for line in lines if line.startswith("export "))
+        env = dict(line[len("export ") :].split("=", 1) for line in lines if line.startswith("export "))
         assert env["ALFRED_API_KEY"] == C["ALFRED_API_KEY"] and len(env) == 12
         assert any("seeded 1 invoice" in line for line in lines)
         session = requests.Session()
         session.trust_env = False
-        r = session.put(f"{env['ALFRED_BASE_URL']}/invoice/CLI-1", json={"status": "approved"},
-                        headers={"API-Key": env["ALFRED_API_KEY"], "API-Secret": env["ALFRED_API_SECRET"]}, timeout=5)
+        r = session.put(
+            f"{env['ALFRED_BASE_URL']}/invoice/CLI-1",
+            json={"status": "approved"},
+            headers={"API-Key": env["ALFRED_API_KEY"], "API-Secret": env["ALFRED_API_SECRET"]},
+            timeout=5,
+        )
         assert r.status_code == 202
         session.close()
         proc.send_signal(signal.SIGINT)

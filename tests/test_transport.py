@@ -7,16 +7,17 @@ import re
 import socket
 import threading
 import time
+from datetime import UTC
 
 import pytest
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from connectors.reading import RETRYABLE_EXCEPTIONS, Action
-from connectors.vocabulary import Decision, ErrorCode, Outcome
-from connectors.wire import Request
-from connectors.sending.ratelimit import HEADROOM, RateLimiter
 from connectors.sending.client import VendorClient
 from connectors.sending.http import Http
+from connectors.sending.ratelimit import HEADROOM, RateLimiter
+from connectors.vocabulary import Decision, ErrorCode, Outcome
+from connectors.wire import Request
 from tests.helpers import FAKE_ENV, connector, response
 
 OK = (202, {"statusCode": 202, "data": True, "message": "update Invoice"})
@@ -46,8 +47,12 @@ def client_for(vendor, script, env=None, **limiter):
     env = {**FAKE_ENV, **(env or {}), f"{vendor.upper()}_BACKOFF_INITIAL": "0.01"}
     sleeps: list[float] = []
     http = ScriptedHttp(script)
-    c = VendorClient(connector(vendor, env), http=http, sleep=sleeps.append,
-                     limiter=RateLimiter(limiter.get("rate"), sleep=sleeps.append))
+    c = VendorClient(
+        connector(vendor, env),
+        http=http,
+        sleep=sleeps.append,
+        limiter=RateLimiter(limiter.get("rate"), sleep=sleeps.append),
+    )
     return c, http, sleeps
 
 
@@ -67,8 +72,15 @@ def test_success_first_time_carries_credentials_once():
 
 
 def test_transient_failures_are_retried_then_succeed():
-    c, http, sleeps = client_for("alfred", [(503, None), ProtocolError("Connection aborted.", ConnectionResetError()),
-                                         ReadTimeoutError(None, "/x", "Read timed out."), OK])
+    c, http, sleeps = client_for(
+        "alfred",
+        [
+            (503, None),
+            ProtocolError("Connection aborted.", ConnectionResetError()),
+            ReadTimeoutError(None, "/x", "Read timed out."),
+            OK,
+        ],
+    )
     result = c.send(decision())
     assert (result.outcome, result.attempts) == (Outcome.SUCCEEDED, 4)
     assert len(http.calls) == 4
@@ -86,7 +98,9 @@ def test_retries_run_out():
 
 def test_retry_after_is_honoured_and_clamped():
     env = {"ALFRED_RETRY_AFTER_MAX": "10"}
-    c, _, sleeps = client_for("alfred", [(429, None, {"Retry-After": "3"}), (429, None, {"Retry-After": "3600"}), OK], env)
+    c, _, sleeps = client_for(
+        "alfred", [(429, None, {"Retry-After": "3"}), (429, None, {"Retry-After": "3600"}), OK], env
+    )
     result = c.send(decision())
     assert result.outcome is Outcome.SUCCEEDED and result.attempts == 3
     assert 3.0 in sleeps and 10.0 in sleeps and 3600.0 not in sleeps
@@ -98,15 +112,59 @@ def test_rate_limited_until_the_end():
     assert (result.outcome, result.error_code, result.http_status) == (Outcome.FAILED, ErrorCode.RATE_LIMITED, 429)
 
 
-def test_a_429_pauses_the_whole_vendor():
-    c, _, _ = client_for("alfred", [(429, None, {"Retry-After": "2"}), OK])
-    c.send(decision())
-    # the limiter's next slot moved past the Retry-After: every thread for this vendor waits
-    assert c.limiter._next_slot >= 2.0
+class TimedHttp(ScriptedHttp):
+    """A ScriptedHttp that notes the (fake) time each request went out."""
+
+    def __init__(self, script, clock):
+        super().__init__(script)
+        self.clock = clock
+        self.sent_at: list[float] = []
+
+    def request(self, method, url, **kwargs):
+        self.sent_at.append(self.clock())
+        return super().request(method, url, **kwargs)
+
+
+@pytest.mark.parametrize("retry_after, pause", [("2", 2.0), ("0", 0.0)])
+def test_a_429_pauses_the_whole_vendor(retry_after, pause):
+    # Fake time: only the limiter moves the clock (it is what holds requests back); tenacity's
+    # own backoff sleep is recorded but takes no time, so any wait seen is the vendor's pause.
+    now = [1000.0]
+    limiter_waits: list[float] = []
+
+    def limiter_sleep(seconds):
+        limiter_waits.append(seconds)
+        now[0] += seconds
+
+    env = {**FAKE_ENV, "ALFRED_BACKOFF_INITIAL": "0.01", "ALFRED_RETRY_AFTER_MAX": "10"}
+    http = TimedHttp([(429, None, {"Retry-After": retry_after}), OK, OK], clock=lambda: now[0])
+    backoffs: list[float] = []
+    c = VendorClient(
+        connector("alfred", env),
+        http=http,
+        sleep=backoffs.append,
+        limiter=RateLimiter(None, clock=lambda: now[0], sleep=limiter_sleep),
+    )
+    other: list = []
+
+    def backoff_while_another_row_is_sent(seconds):
+        # Row 1 got the 429 and backs off; meanwhile row 2, which never saw a 429, is sent.
+        backoffs.append(seconds)
+        if not other:
+            other.append(c.send(decision(2, invoice_id="000456")))
+
+    c._retrying.sleep = backoff_while_another_row_is_sent
+    first = c.send(decision(1))
+    assert (first.outcome, first.attempts) == (Outcome.SUCCEEDED, 2)
+    assert [(r.outcome, r.attempts) for r in other] == [(Outcome.SUCCEEDED, 1)]
+    assert backoffs == [pause]  # row 1 itself waited the Retry-After
+    # Row 2 went out only once the pause was over, and row 1's retry no earlier: the whole vendor waited.
+    assert http.sent_at == pytest.approx([1000.0, 1000.0 + pause, 1000.0 + pause])
+    assert sum(limiter_waits) == pytest.approx(pause)
 
 
 def test_permanent_failure_is_not_retried():
-    c, http, _ = client_for("alfred", [(404, {"statusCode": 404, "message": "Invoice not found"})])
+    c, _http, _ = client_for("alfred", [(404, {"statusCode": 404, "message": "Invoice not found"})])
     result = c.send(decision())
     assert (result.outcome, result.error_code, result.attempts) == (Outcome.FAILED, ErrorCode.NOT_FOUND, 1)
     assert "Invoice not found" in result.error_message
@@ -123,7 +181,9 @@ def test_refused_credentials_stop_the_vendor():
 
 
 def test_modulus_refused_token_is_renewed_once():
-    token = lambda t: (200, {"result": True, "title": "Success", "object": {"token": t}})
+    def token(t):
+        return (200, {"result": True, "title": "Success", "object": {"token": t}})
+
     expired = (401, {"result": False, "title": "Error", "message": "Invalid or expired token."})
     ok = (200, {"result": True, "title": "Success", "message": "Invoice Status changed successfully"})
     c, http, sleeps = client_for("modulus", [token("tok-aaaa-1"), expired, token("tok-bbbb-2"), ok])
@@ -140,15 +200,22 @@ def test_modulus_refused_token_is_renewed_once():
 
 
 def test_modulus_wrong_credentials_stop_without_retry():
-    c, http, _ = client_for("modulus", [(401, {"result": False, "title": "Error", "message": "Authentication failed."})])
+    c, http, _ = client_for(
+        "modulus", [(401, {"result": False, "title": "Error", "message": "Authentication failed."})]
+    )
     results = c.send_many([decision(i, vendor="modulus", invoice_id=str(i), invoice_number="N") for i in range(1, 4)])
     assert {r.error_code for r in results} == {ErrorCode.AUTH_FAILED}
     assert len(http.calls) == 1
 
 
 def test_messages_never_carry_tokens():
-    c, _, _ = client_for("modulus", [(200, {"result": True, "object": {"token": "leaky-token-98765"}}),
-                                     (400, {"result": False, "message": "bad token leaky-token-98765 in https://x/?token=leaky-token-98765"})])
+    c, _, _ = client_for(
+        "modulus",
+        [
+            (200, {"result": True, "object": {"token": "leaky-token-98765"}}),
+            (400, {"result": False, "message": "bad token leaky-token-98765 in https://x/?token=leaky-token-98765"}),
+        ],
+    )
     result = c.send(decision(vendor="modulus", invoice_id="35", invoice_number="INV_1"))
     assert "leaky-token-98765" not in result.error_message
 
@@ -174,7 +241,6 @@ def test_limiter_spaces_requests():
     assert slept == pytest.approx([interval, 2 * interval, 3 * interval, 4 * interval])
     limiter.pause(5)
     assert limiter.acquire() == pytest.approx(5.0)
-
 
 
 def test_a_row_waiting_to_retry_sends_nothing_once_another_row_stopped_the_vendor():
@@ -242,17 +308,27 @@ class OneShotServer:
 
 
 def test_http_sends_json_form_params_and_user_agent_and_reads_the_answer():
-    server = OneShotServer(lambda _: b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nRetry-After: 3\r\n"
-                                     b"Content-Length: 13\r\nConnection: close\r\n\r\n{\"data\":true}")
+    server = OneShotServer(
+        lambda _: (
+            b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nRetry-After: 3\r\n"
+            b'Content-Length: 13\r\nConnection: close\r\n\r\n{"data":true}'
+        )
+    )
     http = Http(2)
     try:
-        answer = http.request("PATCH", f"{server.url}/inv", params={"token": "t 1"}, json={"a": "é"},
-                              headers={"X-Key": "k"}, timeout=5)
-        form = http.request("POST", f"{server.url}/auth", data={"app": "a&b"}, timeout=5)
+        answer = http.request(
+            "PATCH", f"{server.url}/inv", params={"token": "t 1"}, json={"a": "é"}, headers={"X-Key": "k"}, timeout=5
+        )
+        http.request("POST", f"{server.url}/auth", data={"app": "a&b"}, timeout=5)
     finally:
         http.close()
         server.close()
-    assert (answer.status_code, answer.json(), answer.headers["retry-after"], answer.ok) == (202, {"data": True}, "3", True)
+    assert (answer.status_code, answer.json(), answer.headers["retry-after"], answer.ok) == (
+        202,
+        {"data": True},
+        "3",
+        True,
+    )
     first, second = server.received
     assert first.startswith(b"PATCH /inv?token=t+1 HTTP/1.1\r\n")
     assert b"X-Key: k" in first and b"User-Agent: invoice-sync/" in first and b"Content-Type: application/json" in first
@@ -262,8 +338,11 @@ def test_http_sends_json_form_params_and_user_agent_and_reads_the_answer():
 
 
 def test_http_does_not_follow_redirects():
-    server = OneShotServer(lambda _: b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n"
-                                     b"Connection: close\r\n\r\n")
+    server = OneShotServer(
+        lambda _: (
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    )
     try:
         answer = Http(1).request("PUT", f"{server.url}/invoice/1", json={}, timeout=5)
     finally:
@@ -275,7 +354,9 @@ def test_http_does_not_follow_redirects():
     "reply",
     [
         pytest.param(lambda _: None, id="hang-up-before-answering"),
-        pytest.param(lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"da", id="cut-mid-body"),
+        pytest.param(
+            lambda _: b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{"da', id="cut-mid-body"
+        ),
         pytest.param(lambda _: time.sleep(1.5), id="read-timeout"),
         pytest.param("refused", id="connection-refused"),
     ],
@@ -301,7 +382,7 @@ def test_http_failures_are_the_retryable_kind(reply):
 
 def test_https_with_an_untrusted_certificate_fails_the_row_and_sends_nothing(tmp_path):
     import ssl
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -310,32 +391,56 @@ def test_https_with_an_untrusted_certificate_fails_the_row_and_sends_nothing(tmp
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
-            .sign(key, hashes.SHA256()))  # self-signed: no CA vouches for it
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # self-signed: no CA vouches for it
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     received: list[bytes] = []
+    handshake: list[str] = []
+    served = threading.Event()  # set once the server side is done with the connection
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve():
         try:
             conn, _ = listener.accept()
-            with context.wrap_socket(conn, server_side=True) as tls:
-                received.append(tls.recv(65536))
+            with conn:
+                try:
+                    tls = context.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    handshake.append(f"failed: {exc}")  # the client gave up during the handshake
+                    return
+                with tls:
+                    handshake.append("completed")
+                    while data := tls.recv(65536):  # everything the client sends, until it closes
+                        received.append(data)
         except (OSError, ssl.SSLError):
-            pass  # the client gave up during the handshake
+            pass
+        finally:
+            served.set()
 
     threading.Thread(target=serve, daemon=True).start()
     try:
         with pytest.raises(Exception) as raised:
             Http(1).request("PUT", f"https://127.0.0.1:{listener.getsockname()[1]}/invoice/1", json={}, timeout=5)
+        # The server has read all it will ever get (or seen the handshake fail) before we look.
+        assert served.wait(10), "the server never finished with the connection"
     finally:
         listener.close()
-    assert "certificate" in str(raised.value).lower() and not received  # nothing went over the wire
+    assert received == []  # nothing went over the wire
+    assert len(handshake) == 1 and handshake[0].startswith("failed"), handshake
+    assert "certificate" in str(raised.value).lower()
     verdict = connector("alfred").classify(Request("PUT", "/invoice/1"), error=raised.value)
     assert (verdict.action, verdict.error_code) == (Action.FAIL, ErrorCode.BAD_RESPONSE)  # not retried

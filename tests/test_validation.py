@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -109,7 +109,7 @@ def test_suite_rule_text_is_required(tmp_path: Path) -> None:
     path.write_text(
         json.dumps({"name": "x", "expectations": [{"type": "expect_column_to_exist", "kwargs": {"column": "a"}}]})
     )
-    with pytest.raises(SuiteError, match="meta.rule"):
+    with pytest.raises(SuiteError, match=r"meta\.rule"):
         load_suite(path)
 
 
@@ -203,7 +203,7 @@ def test_future_void_date_uses_the_clock_by_default(suite) -> None:
 
 def test_timezone_aware_now(suite) -> None:
     rows = [{**GOOD["modulus"], "void_date": "2999-01-01 00:00:00"}]
-    report = validate_decisions(frame(*rows), now=datetime.now(timezone.utc), suite=suite)
+    report = validate_decisions(frame(*rows), now=datetime.now(UTC), suite=suite)
     assert report.rejected_rows() == {1}
 
 
@@ -277,8 +277,16 @@ def test_custom_suite_may_read_pass_through_and_absent_columns(tmp_path: Path) -
             {
                 "name": "s",
                 "expectations": [
-                    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "note"}, "meta": {"rule": "note needed"}},
-                    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "absent"}, "meta": {"rule": "absent"}},
+                    {
+                        "type": "expect_column_values_to_not_be_null",
+                        "kwargs": {"column": "note"},
+                        "meta": {"rule": "note needed"},
+                    },
+                    {
+                        "type": "expect_column_values_to_not_be_null",
+                        "kwargs": {"column": "absent"},
+                        "meta": {"rule": "absent"},
+                    },
                 ],
             }
         )
@@ -308,4 +316,29 @@ def test_quiet_and_writes_nothing(tmp_path: Path, capfd: pytest.CaptureFixture, 
     out, err = capfd.readouterr()
     assert out == "" and err == ""  # no progress bars, warnings or log lines
     assert list(tmp_path.iterdir()) == []  # ephemeral context: no gx/ folder
-    assert os.environ["GX_ANALYTICS_ENABLED"] == "false"
+
+
+@pytest.mark.parametrize("setting", [None, "true"], ids=["unset", "true"])
+def test_analytics_are_forced_off_whatever_the_environment_says(monkeypatch, suite, setting) -> None:
+    """The code itself turns GX analytics off: conftest's own default must not be what makes it so."""
+    import flows.pipeline.validation as validation
+
+    if setting is None:
+        monkeypatch.delenv("GX_ANALYTICS_ENABLED", raising=False)
+    else:
+        monkeypatch.setenv("GX_ANALYTICS_ENABLED", setting)
+    contexts = []
+
+    def recording(gx):
+        # The variable is read by GX when a context is made: it must already be off by then.
+        contexts.append((os.environ.get("GX_ANALYTICS_ENABLED"), made := make_context(gx)))
+        return made
+
+    make_context = validation._context
+    monkeypatch.setattr(validation, "_context", recording)
+    report = validate_decisions(frame(*good_rows()), now=NOW, suite=suite)
+    assert report.success
+    ((seen_by_gx, context),) = contexts  # one context per validation, the one GX validated with
+    assert seen_by_gx == "false" and os.environ["GX_ANALYTICS_ENABLED"] == "false"
+    assert context.config.analytics_enabled is False
+    assert context.variables.analytics_enabled is False

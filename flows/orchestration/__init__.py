@@ -1,6 +1,7 @@
 """The Prefect code: the two flows, their tasks, artifacts, Secret blocks and shared limits.
 
 sync             flow `invoice-sync`: one decision file, read -> validate -> plan -> send -> results
+dispatch         a client per vendor, chunks as tasks, a few in flight per vendor
 inbox            flow `process-inbox`: claim dropped files, run `invoice-sync` on each, file them away
 artifacts        what a run shows in the Prefect UI
 progress         rows done per vendor (terminal bars, progress artifact)
