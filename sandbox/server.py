@@ -24,7 +24,19 @@ from .vendors import ALL, BASE_PATHS, BY_NAME, INITIAL_STATUS, VENDORS
 KINDS = frozenset({"pay-out", "pay-in"})
 
 FAULTS: frozenset[str] = frozenset(
-    {"429", "500", "502", "503", "drop_before", "drop_after", "slow", "expire_token", "bad_body", "false_success"}
+    {
+        "429",
+        "500",
+        "502",
+        "503",
+        "drop_before",
+        "drop_after",
+        "slow",
+        "expire_token",
+        "bad_body",
+        "false_success",
+        "refusal_500",
+    }
 )
 # Vendors with a token endpoint (modulus): faults can target it, and its tokens can expire.
 _AUTHENTICATING = frozenset(api.name for api in ALL if any(route.authentication for route in api.routes))
@@ -32,6 +44,7 @@ _AUTHENTICATING = frozenset(api.name for api in ALL if any(route.authentication 
 _FAULT_VENDORS: dict[str, frozenset[str]] = {
     "expire_token": _AUTHENTICATING,
     "false_success": frozenset(api.name for api in ALL if api.false_success is not None),
+    "refusal_500": frozenset(api.name for api in ALL if api.refusal_500 is not None),
 }
 
 # Faults normally hit the invoice-changing requests only. Pass this as `invoice_id` to aim a
@@ -446,7 +459,8 @@ class Sandbox:
         Faults: "429" (with Retry-After when `retry_after` is given), "500", "502", "503",
         "drop_before" (no change, no answer), "drop_after" (change, no answer), "slow"
         (sleep `delay` s, default 5, then handle), "expire_token" (modulus), "bad_body"
-        (200, not JSON), "false_success" (200 saying failure; nothing changes).
+        (200, not JSON), "false_success" (200 saying failure; nothing changes), "refusal_500"
+        (modulus: a 500 refusing the change with a 55xx code; nothing changes).
         `invoice_id=MODULUS_AUTHENTICATE` aims the fault at modulus' token endpoint.
         """
         vendor = self._vendor(vendor)
@@ -492,6 +506,8 @@ class Sandbox:
             return (200, _BAD_BODY, (), "application/json")  # the header lies too: worst case
         if kind == "false_success":
             return api.false_success(self, call)  # type: ignore[misc]  # inject() checked it exists
+        if kind == "refusal_500":
+            return api.refusal_500()  # type: ignore[misc]  # inject() checked it exists
         status = int(kind)  # 429 / 500 / 502 / 503, vendor-shaped
         headers = (
             (("Retry-After", _seconds(fault.retry_after)),) if kind == "429" and fault.retry_after is not None else ()

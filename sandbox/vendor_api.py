@@ -111,5 +111,8 @@ class VendorAPI:
     no_route: Callable[[str, str], Reply]
     # The "false_success" fault: 200 saying failure, nothing changes; None where it makes no sense.
     false_success: Callable[[State, Call], Reply] | None = None
+    # The "refusal_500" fault: a 500 whose body refuses the change with the vendor's own error
+    # code (modulus documents it); nothing changes. None where the vendor documents no such body.
+    refusal_500: Callable[[], Reply] | None = None
     # Headers added to every answer of this vendor (faults and errors included).
     reply_headers: Callable[[], HeaderPairs] | None = None

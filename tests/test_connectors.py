@@ -191,7 +191,12 @@ TABLE = [
     ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Invoice not found.", "object": {"error_code": 5504}}, {}, Action.FAIL, ErrorCode.NOT_FOUND, "5504"),
     ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Invoice already has this status.", "object": {"error_code": 5512}}, {}, Action.SUCCEED, None, None),
     ("modulus", "approve", 401, {"result": False, "title": "Error", "message": "Invalid or expired token."}, {}, Action.REAUTH, ErrorCode.AUTH_FAILED, None),
-    ("modulus", "approve", 500, MODULUS_ERR, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, "5505"),
+    # Documented: a 500 carrying a 55xx code refuses the change; a 500 without one is an outage.
+    ("modulus", "approve", 500, MODULUS_ERR, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5505"),
+    ("modulus", "approve", 500, {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}}, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5526"),
+    ("modulus", "approve", 500, {"result": False, "title": "Error", "message": "Internal server error.", "object": {"error_code": 5000}}, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, "5000"),
+    ("modulus", "approve", 500, {"result": False, "title": "Error", "message": "Internal server error."}, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None),
+    ("modulus", "approve", 500, "<html>Internal Server Error</html>", {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None),
     ("modulus", "approve", 429, None, {"Retry-After": "2"}, Action.RETRY, ErrorCode.RATE_LIMITED, None),
 ]
 

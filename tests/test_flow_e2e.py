@@ -216,6 +216,21 @@ def test_false_success_is_a_failure(sandbox, tmp_path, capsys, vendor):
     assert sandbox.changes(vendor, rows[0]["invoice_id"]) == 0
 
 
+def test_modulus_500_with_an_invoicing_code_is_a_refusal_not_an_outage(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 2, vendors=("modulus",))
+    refused, outage = rows[0]["invoice_id"], rows[1]["invoice_id"]
+    sandbox.inject("modulus", "refusal_500", invoice_id=refused)  # 500 {"object": {"error_code": 5505}}
+    sandbox.inject("modulus", "500", invoice_id=outage)  # 500 without an invoicing code
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out").set_index("invoice_id")
+    assert code == EXIT_ROWS_NOT_DONE
+    row = results.loc[refused]
+    assert (row.outcome, row.error_code, row.vendor_error_code, row.attempts) == ("failed", "VENDOR_REJECTED", "5505", 1)
+    assert (results.loc[outage, "outcome"], results.loc[outage, "attempts"]) == ("succeeded", 2)  # retried
+    assert sandbox.changes("modulus", refused) == 0
+
+
 def test_expired_modulus_token_is_renewed(sandbox, tmp_path, capsys):
     rows = seeded_rows(sandbox, 6, vendors=("modulus",))
     sandbox.inject("modulus", "expire_token", times=1, invoice_id=rows[3]["invoice_id"])

@@ -619,6 +619,18 @@ def test_false_success(http: requests.Session, sandbox: Sandbox) -> None:
         assert sandbox.changes(vendor, "F1") == 0
 
 
+def test_refusal_500(http: requests.Session, sandbox: Sandbox) -> None:
+    sandbox.seed("modulus", "35")
+    sandbox.inject("modulus", "refusal_500")
+    r = modulus(http, sandbox, modulus_token(http, sandbox))
+    assert modulus_error(r) == (500, "Invalid status", 5505)  # documented: 500 with a 55xx code
+    assert sandbox.changes("modulus", "35") == 0
+    assert modulus(http, sandbox, modulus_token(http, sandbox)).status_code == 200
+    for vendor in ("alfred", "accounteer", "appzen"):  # only modulus documents that shape
+        with pytest.raises(ValueError):
+            sandbox.inject(vendor, "refusal_500")
+
+
 def test_fault_targets_one_invoice(http: requests.Session, sandbox: Sandbox) -> None:
     sandbox.seed("alfred", "A1")
     sandbox.seed("alfred", "A2")
