@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from connectors.auth import Auth
-from connectors.errors import AuthRefused, AuthUnavailable, GlobalLimitError
+from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable, GlobalLimitError
 from connectors.reading import READINGS, Action, Reading, ReadingKey, Verdict, exception_reading, status_reading
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision
@@ -84,7 +84,7 @@ class Connector:
         """Transport and auth failures, read through the same table."""
         reading = exception_reading(self.readings, error)
         kind = type(error).__name__
-        if isinstance(error, (AuthRefused, AuthUnavailable, GlobalLimitError)):
+        if isinstance(error, (AuthRefused, AuthUnavailable, AuthUnreadable, GlobalLimitError)):
             message = str(error)  # our own errors say what happened, without credentials
         elif reading.action is Action.RETRY:
             message = f"{kind} talking to the vendor"

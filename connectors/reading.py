@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib3.exceptions import ProtocolError
 from urllib3.exceptions import TimeoutError as HTTPTimeoutError
 
-from connectors.errors import AuthRefused, AuthUnavailable, GlobalLimitError
+from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable, GlobalLimitError
 from connectors.vocabulary import ErrorCode
 
 
@@ -75,6 +75,7 @@ READINGS: Mapping[ReadingKey, Reading] = {
     # Exceptions
     AuthRefused: Reading(Action.STOP, ErrorCode.AUTH_FAILED),
     AuthUnavailable: RETRY,
+    AuthUnreadable: Reading(Action.STOP, ErrorCode.BAD_RESPONSE),
     GlobalLimitError: Reading(Action.STOP, ErrorCode.CONFIG_MISSING),
     ProtocolError: RETRY,  # connection refused, reset or cut mid-answer
     HTTPTimeoutError: RETRY,  # connect and read timeouts (and a new connection that failed)

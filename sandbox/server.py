@@ -53,6 +53,17 @@ MODULUS_AUTHENTICATE = "@authenticate"
 _AUTH_FAULTS = frozenset({"429", "500", "502", "503", "drop_before", "drop_after", "slow", "bad_body"})
 
 _DROP = None  # a handler returning this means: close the connection without answering
+# `{url}/portal/...` answers every request with this page: a vendor's base URL pointed by
+# mistake at a web portal (or a proxy's sign-in) instead of the API.
+PORTAL = "portal"
+_SIGN_IN_PAGE: Reply = (
+    200,
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Sign in</h1>"
+    b'<form method="post" action="/login"><input name="user"><input name="password" type="password">'
+    b"<button>Sign in</button></form></body></html>",
+    (),
+    "text/html; charset=utf-8",
+)
 _BAD_BODY = b"<html>oops</html>"
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 
@@ -179,6 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
         if vendor == "_sandbox":  # read-only stats for a benchmark running in another process
             self._write(sandbox._stats(path))
             return
+        if vendor == PORTAL:  # any method, any path: a sign-in page, 200
+            sandbox._note_portal(arrived, self.command, path)
+            self._write(_SIGN_IN_PAGE)
+            return
         api = BY_NAME.get(vendor)
         if api is None:
             self._write(json_reply(404, {"error": "unknown sandbox path; vendors: " + ", ".join(VENDORS)}))
@@ -282,6 +297,7 @@ class Sandbox:
         self._logs: dict[str, list[tuple[float, str, str]]] = {v: [] for v in VENDORS}
         self._in_flight: dict[str, int] = {v: 0 for v in VENDORS}  # requests being handled now
         self._in_flight_max: dict[str, int] = {v: 0 for v in VENDORS}  # high-water mark since reset
+        self._portal_log: list[tuple[float, str, str]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -326,11 +342,15 @@ class Sandbox:
     def base_url(self, vendor: str) -> str:
         return self.url + BASE_PATHS[self._vendor(vendor)]
 
-    def env(self) -> dict[str, str]:
-        """Every setting the connectors need to talk to this sandbox."""
+    def portal_url(self, vendor: str) -> str:
+        """The vendor's base URL under the sign-in portal: every request there answers 200 with HTML."""
+        return f"{self.url}/{PORTAL}{BASE_PATHS[self._vendor(vendor)]}"
+
+    def env(self, *, portal: bool = False) -> dict[str, str]:
+        """Every setting the connectors need to talk to this sandbox (`portal`: to its sign-in portal)."""
         settings: dict[str, str] = {}
         for api in ALL:
-            settings[api.name.upper() + "_BASE_URL"] = self.base_url(api.name)
+            settings[api.name.upper() + "_BASE_URL"] = self.portal_url(api.name) if portal else self.base_url(api.name)
             settings.update(api.credentials)
         return settings
 
@@ -397,6 +417,15 @@ class Sandbox:
         with self.lock:
             return list(self._logs[self._vendor(vendor)])
 
+    def portal_requests(self) -> list[tuple[float, str, str]]:
+        """(monotonic arrival time, method, path without query) per request the portal answered."""
+        with self.lock:
+            return list(self._portal_log)
+
+    def _note_portal(self, arrived: float, method: str, path: str) -> None:
+        with self.lock:
+            self._portal_log.append((arrived, method, path))
+
     def max_in_flight(self, vendor: str) -> int:
         """The most requests this vendor was handling at once since the last reset."""
         with self.lock:
@@ -438,6 +467,7 @@ class Sandbox:
         with self.lock:
             self.invoices.clear()
             self.tokens.clear()
+            self._portal_log.clear()
             for v in VENDORS:
                 self._faults[v].clear()
                 self._logs[v].clear()

@@ -122,6 +122,20 @@ def test_nothing_but_a_documented_success_is_a_success(vendor, status, body, hea
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
+def test_a_vendor_pointed_at_a_sign_in_portal_succeeds_nowhere(vendor):
+    """Every answer, a token request's included, is a 200 sign-in page: every row BAD_RESPONSE."""
+    http = ScriptedHttp([(200, SIGN_IN_PAGE, {"Content-Type": "text/html"})] * 20)
+    client = VendorClient(connector(vendor), http=http, limiter=RateLimiter(None), sleep=lambda s: None)
+    decisions = [Decision(i, invoice_id_for(vendor, i), vendor, "approve", invoice_number=f"N-{i}") for i in (1, 2, 3)]
+    try:
+        results = [client.send(d) for d in decisions]
+    finally:
+        client.close()
+    assert [(r.outcome, r.error_code) for r in results] == [(Outcome.FAILED, ErrorCode.BAD_RESPONSE)] * 3
+    assert len(http.calls) <= len(decisions)  # never retried: a retry could send a decision twice
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
 def test_the_documented_success_succeeds_against_the_vendors_simulator(vendor, sandbox):
     (row,) = seed_approvals(sandbox, vendor, [1])
     cls = CONNECTORS[vendor]

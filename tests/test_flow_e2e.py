@@ -216,6 +216,25 @@ def test_false_success_is_a_failure(sandbox, tmp_path, capsys, vendor):
     assert sandbox.changes(vendor, rows[0]["invoice_id"]) == 0
 
 
+def test_every_vendor_pointed_at_a_sign_in_portal_succeeds_nowhere(sandbox, tmp_path, capsys, monkeypatch):
+    """Each base URL mistyped into a web portal that answers 200 with an HTML sign-in page."""
+    rows = seeded_rows(sandbox, 5)
+    for name, value in sandbox.env(portal=True).items():
+        monkeypatch.setenv(name, value)
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    assert code == EXIT_ROWS_NOT_DONE
+    assert len(results) == 20 and set(results["vendor"]) == set(ALL_VENDORS)
+    assert (results["outcome"] == "failed").all() and (results["error_code"] == "BAD_RESPONSE").all()
+    assert sandbox.portal_requests()  # the portal answered, not the vendors' APIs
+    assert not any(sandbox.request_log(vendor) for vendor in ALL_VENDORS)
+    modulus = results[results["vendor"] == "modulus"]
+    # Its token request read a sign-in page: the vendor stopped before any invoice was sent.
+    assert {p for _, _, p in sandbox.portal_requests() if "/modulus/" in p} == {"/portal/modulus/api/cmn/Authenticate"}
+    assert modulus["error_message"].str.contains("without modulus' JSON").all()
+
+
 def test_modulus_500_with_an_invoicing_code_is_a_refusal_not_an_outage(sandbox, tmp_path, capsys):
     rows = seeded_rows(sandbox, 2, vendors=("modulus",))
     refused, outage = rows[0]["invoice_id"], rows[1]["invoice_id"]

@@ -159,6 +159,20 @@ def test_stop_releases_the_port_and_cuts_keep_alive_connections(http: requests.S
         sb.url
 
 
+def test_portal_answers_a_sign_in_page_to_anything(http: requests.Session, sandbox: Sandbox) -> None:
+    assert sandbox.env(portal=True)["ALFRED_BASE_URL"] == f"{sandbox.url}/portal/alfred/api/v1/third-party-service"
+    sandbox.seed("alfred", "A1")
+    base = sandbox.portal_url("alfred")
+    for method in ("GET", "PUT", "POST", "PATCH"):
+        r = http.request(method, f"{base}/invoice/A1", json={"status": "approved"}, headers=ALFRED_HEADERS)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+        assert "<title>Sign in</title>" in r.text
+    assert [(m, p) for _, m, p in sandbox.portal_requests()][0] == ("GET", "/portal/alfred/api/v1/third-party-service/invoice/A1")
+    assert sandbox.request_log("alfred") == [] and sandbox.changes("alfred", "A1") == 0
+    sandbox.reset()
+    assert sandbox.portal_requests() == []
+
+
 def test_unknown_path(http: requests.Session, sandbox: Sandbox) -> None:
     assert http.get(f"{sandbox.url}/nobody/x").status_code == 404
     r = http.get(f"{sandbox.base_url('alfred')}/invoice/1")  # wrong method

@@ -203,7 +203,8 @@ class VendorClient:
         """A row the vendor's stop caught before it was sent, or between two of its tries."""
         row, verdict = self._stopped  # type: ignore[misc]
         what = "not sent" if attempts == 0 else f"retries stopped after {attempts} attempts"
-        message = f"{what}: {self.vendor} refused our credentials at row {row} ({verdict.message})"
+        why = "refused our credentials" if verdict.error_code is ErrorCode.AUTH_FAILED else "was stopped"
+        message = f"{what}: {self.vendor} {why} at row {row} ({verdict.message})"
         return RowResult(
             decision.row_number,
             Outcome.FAILED,

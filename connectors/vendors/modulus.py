@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from connectors.auth import Send, SessionTokenAuth
 from connectors.connector import Connector
-from connectors.errors import AuthRefused, AuthUnavailable
+from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable
 from connectors.reading import READINGS, Action, Reading, ReadingKey, Verdict, retryable_statuses
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body, short_text
@@ -62,6 +62,9 @@ class ModulusConnector(Connector):
         text = f"token request answered HTTP {response.status_code}: {message}"
         if response.status_code in retryable_statuses(READINGS):
             raise AuthUnavailable(text)
+        if response.ok and not (isinstance(body, dict) and isinstance(body.get("result"), bool)):
+            # Not modulus answering (a sign-in page, a redirect): not a refusal of our credentials.
+            raise AuthUnreadable(f"token request answered HTTP {response.status_code} without modulus' JSON")
         raise AuthRefused(text)
 
     def build_request(self, decision: Decision) -> Request:
