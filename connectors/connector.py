@@ -19,6 +19,10 @@ from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision
 from connectors.wire import Request, Response, json_body, parse_retry_after, short_text
 
+# Request-id headers vendors commonly send; a connector declares the ones it reads.
+REQUEST_ID_HEADERS: tuple[str, ...] = ("X-Request-Id", "Request-Id", "X-Correlation-Id")
+REFERENCE_MAX = 256  # characters kept of a vendor reference (the ledger's column width)
+
 
 class Connector:
     """Base class: subclasses declare `name`, `credential_names`, and implement the hooks."""
@@ -28,6 +32,8 @@ class Connector:
     credential_names: ClassVar[tuple[str, ...]] = ()
     decision_map: ClassVar[Mapping[str, str]] = {}
     readings: ClassVar[Mapping[ReadingKey, Reading]] = READINGS
+    # Headers carrying the vendor's own id of an answer, first found wins (support asks for it).
+    reference_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: VendorSettings) -> None:
         self.settings = settings
@@ -56,6 +62,14 @@ class Connector:
             message = body.get("message") or body.get("error") or ""
             return str(message), None
         return short_text(response), None
+
+    def vendor_reference(self, response: Response) -> str | None:
+        """The vendor's own reference of this answer, from the first declared header it carries."""
+        for name in self.reference_headers:
+            value = (response.headers.get(name) or "").strip()
+            if value:
+                return value[:REFERENCE_MAX]
+        return None
 
     # -- the one reading --------------------------------------------------------------------
     def classify(

@@ -72,6 +72,7 @@ class RowResult:
     error_message: str = ""
     attempts: int = 0
     finished_at: datetime | None = None
+    vendor_reference: str | None = None  # the vendor's own id of its last answer (AppZen's x-correlation-id)
 
 
 Text = TypeVar("Text", str, "pd.Series[str]")  # one decision, or a whole file's column

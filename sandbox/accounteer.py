@@ -1,7 +1,7 @@
 """accounteer: POST {base}/invoices/{id} with {"invoice": {"status": "approved"}}, an OAuth bearer token.
 
 Only the 200 invoice object is documented; the error bodies are assumed (OAuth-style 401,
-Rails-style 422).
+Rails-style 422), as is the `X-Request-Id` header on every answer.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from http import HTTPStatus
@@ -79,6 +80,10 @@ def _error_reply(status: int, headers: HeaderPairs) -> Reply:
 
 def _no_route(method: str, path: str) -> Reply:
     return json_reply(404, _NOT_FOUND)
+
+
+def _request_id() -> HeaderPairs:
+    return (("X-Request-Id", str(uuid.uuid4())),)  # assumed: Rails sends one on every answer
 
 
 # -- the invoice object ------------------------------------------------------------------------
@@ -158,4 +163,5 @@ API = VendorAPI(
     error_reply=_error_reply,
     no_route=_no_route,
     false_success=_false_success,
+    reply_headers=_request_id,
 )

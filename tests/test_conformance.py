@@ -20,6 +20,7 @@ from connectors.sending.ratelimit import RateLimiter
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode, Outcome
 from connectors.wire import Request
+from sandbox.vendors import BY_NAME
 from tests.helpers import FAKE_ENV, connector, invoice_id_for, response, seed_approvals
 from tests.test_transport import ScriptedHttp
 
@@ -27,6 +28,14 @@ VENDORS = sorted(CONNECTORS)
 CREDENTIALS = {
     vendor: [FAKE_ENV[f"{vendor.upper()}_{name}"] for name in cls.credential_names] for vendor, cls in CONNECTORS.items()
 }
+# Each vendor's documented success, and what its token endpoint answers first (if it has one).
+SUCCESS = {
+    "alfred": (202, {"statusCode": 202, "data": True, "message": "update Invoice"}),
+    "accounteer": (200, {"id": "b" * 40, "status": "approved"}),
+    "appzen": (200, ""),
+    "modulus": (200, {"result": True, "title": "Success", "message": "Invoice Status changed successfully"}),
+}
+TOKEN_ANSWERS = {"modulus": [(200, {"result": True, "title": "Success", "object": {"token": "tok-conformance-1"}})]}
 SIGN_IN_PAGE = "<!DOCTYPE html><html><head><title>Sign in</title></head><body><form>…</form></body></html>"
 
 
@@ -135,6 +144,31 @@ def test_a_vendor_pointed_at_a_sign_in_portal_succeeds_nowhere(vendor):
     assert len(http.calls) <= len(decisions)  # never retried: a retry could send a decision twice
 
 
+def _send_scripted(vendor: str, script: list, **env: str):
+    settings = {**FAKE_ENV, **{f"{vendor.upper()}_{k}": v for k, v in env.items()}}
+    http = ScriptedHttp([*TOKEN_ANSWERS.get(vendor, []), *script])
+    client = VendorClient(connector(vendor, settings), http=http, limiter=RateLimiter(None), sleep=lambda s: None)
+    try:
+        return client.send(a_decision(vendor))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_the_vendors_reference_of_every_answer_is_kept(vendor):
+    headers = CONNECTORS[vendor].reference_headers
+    assert headers, "every connector declares the header(s) carrying the vendor's reference"
+    for header in headers:
+        busy = (503, {"message": "busy"}, {header: "ref-busy-1"})
+        result = _send_scripted(vendor, [busy, (*SUCCESS[vendor], {header: "ref-ok-2"})])
+        assert (result.outcome, result.vendor_reference) == (Outcome.SUCCEEDED, "ref-ok-2"), header
+        result = _send_scripted(vendor, [(404, {"message": "no such invoice"}, {header: "ref-404-3"})])
+        assert (result.outcome, result.vendor_reference) == (Outcome.FAILED, "ref-404-3"), header
+        result = _send_scripted(vendor, [busy, (503, {"message": "busy"})], MAX_ATTEMPTS="2")
+        assert (result.error_code, result.vendor_reference) == (ErrorCode.RETRIES_EXHAUSTED, "ref-busy-1"), header
+    assert _send_scripted(vendor, [SUCCESS[vendor]]).vendor_reference is None  # none sent, none invented
+
+
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_the_documented_success_succeeds_against_the_vendors_simulator(vendor, sandbox):
     (row,) = seed_approvals(sandbox, vendor, [1])
@@ -146,6 +180,8 @@ def test_the_documented_success_succeeds_against_the_vendors_simulator(vendor, s
         client.close()
     assert (result.outcome, result.error_code, result.attempts) == (Outcome.SUCCEEDED, None, 1)
     assert sandbox.changes(vendor, row["invoice_id"]) == 1
+    # A simulator that names its answers (AppZen's x-correlation-id) has its reference kept.
+    assert (result.vendor_reference is not None) == (BY_NAME[vendor].reply_headers is not None)
 
 
 @pytest.mark.parametrize("vendor", VENDORS)

@@ -37,6 +37,7 @@ class Attempt:
     verdict: Verdict
     http_status: int | None
     sent: bool = True  # False: the vendor had been stopped, so this try sent nothing
+    reference: str | None = None  # the vendor's own reference of its answer, if it sent one
 
 
 class BackoffWait(wait_base):
@@ -141,13 +142,17 @@ class VendorClient:
             )
         attempt: Attempt = self._attempt(request)
         attempts = 1
+        reference = attempt.reference
         if self._should_retry(attempt) and self.settings.max_attempts > 1:
             # Only a row that needs another try pays for tenacity (a Retrying copy and its
             # loop per row add up at hundreds of rows a second); it starts from this answer.
             first = [attempt]
 
             def again(request: Request) -> Attempt:
-                return first.pop() if first else self._attempt(request)
+                nonlocal reference
+                tried = first.pop() if first else self._attempt(request)
+                reference = tried.reference or reference  # the latest answer the vendor named
+                return tried
 
             retrying = self._retrying.copy()
             attempt = retrying(again, request)
@@ -159,7 +164,9 @@ class VendorClient:
             return self._not_sent(decision, attempts)
         if attempt.verdict.action is Action.STOP:
             self._stop(decision, attempt.verdict)
-        return self._result(decision, attempt, attempts)
+        result = self._result(decision, attempt, attempts)
+        result.vendor_reference = redact(reference) if reference else None
+        return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -180,7 +187,7 @@ class VendorClient:
         verdict = self.connector.classify(request, response=response)
         if verdict.action is Action.REAUTH:
             self.auth.invalidate(authed)
-        return Attempt(verdict, response.status_code)
+        return Attempt(verdict, response.status_code, reference=self.connector.vendor_reference(response))
 
     def _send_raw(self, request: Request) -> Response:
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too

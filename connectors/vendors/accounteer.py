@@ -17,7 +17,7 @@ from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
-from connectors.connector import Connector
+from connectors.connector import REQUEST_ID_HEADERS, Connector
 from connectors.reading import Action, Verdict
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body
@@ -33,6 +33,7 @@ class AccounteerConnector(Connector):
     name = "accounteer"
     credential_names = ("ACCESS_TOKEN",)
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "approved"}
+    reference_headers = REQUEST_ID_HEADERS  # assumed: Rails-style APIs send X-Request-Id
 
     def make_auth(self) -> HeaderAuth:
         return HeaderAuth(

@@ -3,7 +3,8 @@
 Documented: method, path, the `API-Key`/`API-Secret` headers, the body, the 202 success body
 (`data: true`), 404 and the 422 VALIDATION_ERROR shape. Assumed: 401/403 for wrong credentials
 and the wording of "already approved/cancelled" reasons, which we treat as success so that a
-retry after an ambiguous failure is safe.
+retry after an ambiguous failure is safe. Assumed: a request-id header, if alfred sends one
+(`X-Request-Id`, `Request-Id` or `X-Correlation-Id`), is its reference of the answer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
-from connectors.connector import Connector
+from connectors.connector import REQUEST_ID_HEADERS, Connector
 from connectors.reading import Action, Verdict
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body
@@ -26,6 +27,7 @@ class AlfredConnector(Connector):
     name = "alfred"
     credential_names = ("API_KEY", "API_SECRET")
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "approved", "cancel": "cancel"}
+    reference_headers = REQUEST_ID_HEADERS  # assumed: alfred documents no request id
 
     def make_auth(self) -> HeaderAuth:
         creds = self.settings.credentials

@@ -4,8 +4,8 @@ Documented: method, path, the three auth headers (`x-api-key`, `customer-id`,
 `customer-key`), the body fields (`appzen_invoice_state`, `timestamp`, and with CREATED
 `invoice_id` + `invoice_status`), 200 with an empty body, the error shape with
 `"message": "Error code : <hex> - ..."`, 429 over the rate limit (1,000/s, 300,000/day) with no
-Retry-After documented, and the `x-correlation-id` header. Assumed: the status texts we send
-(`Approved`, `Cancelled`).
+Retry-After documented, and the `x-correlation-id` header on every answer (kept as the row's
+`vendor_reference`). Assumed: the status texts we send (`Approved`, `Cancelled`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class AppZenConnector(Connector):
     name = "appzen"
     credential_names = ("API_KEY", "CUSTOMER_ID", "CUSTOMER_KEY")
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "Approved", "cancel": "Cancelled"}
+    reference_headers = ("x-correlation-id",)  # documented on every answer; support asks for it
 
     def __init__(self, settings: VendorSettings, clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(settings)

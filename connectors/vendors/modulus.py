@@ -8,7 +8,8 @@ minutes after creation, the PATCH body under `customer_details`, STATUS_SENT / S
 (5505 invalid status, 5526 missing status; the invoicing codes are 55xx) or with a message
 only. A 500 carrying a 55xx code is the vendor refusing the change (VENDOR_REJECTED, not
 retried); a 500 without one stays an outage (retried). Assumed: an expired or unknown token is
-answered 401, and "already has this status" errors (treated as success) say "already".
+answered 401, "already has this status" errors (treated as success) say "already", and a
+request-id header, if modulus sends one, is its reference of the answer.
 No invoicing-v1 page documents a read of one invoice: `build_read` is None (a preview says
 `unknown`).
 """
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from connectors.auth import Send, SessionTokenAuth
-from connectors.connector import Connector
+from connectors.connector import REQUEST_ID_HEADERS, Connector
 from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable
 from connectors.reading import READINGS, Action, Reading, ReadingKey, Verdict, retryable_statuses
 from connectors.vocabulary import Decision, ErrorCode
@@ -36,6 +37,7 @@ class ModulusConnector(Connector):
     name = "modulus"
     credential_names = ("APP", "SECRET")
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "STATUS_SENT", "cancel": "STATUS_VOID"}
+    reference_headers = REQUEST_ID_HEADERS  # assumed: modulus documents no request id
     # Assumed: an expired or unknown session token is answered 401; a new token is all it takes.
     readings: ClassVar[Mapping[ReadingKey, Reading]] = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
 

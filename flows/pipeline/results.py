@@ -23,6 +23,7 @@ RESULT_COLUMNS = [
     "http_status",
     "error_code",
     "vendor_error_code",
+    "vendor_reference",
     "error_message",
     "attempts",
     "finished_at",
@@ -66,6 +67,7 @@ def assemble_results(
     message = plan.error_message.copy()
     http_status = np.full(n, None, dtype=object)
     vendor_code = np.full(n, None, dtype=object)
+    reference = plan.vendor_reference.copy() if plan.vendor_reference is not None else np.full(n, None, dtype=object)
     attempts = np.zeros(n, dtype=np.int64)
     finished = np.full(n, None, dtype=object)
     now = datetime.now(UTC)
@@ -78,6 +80,7 @@ def assemble_results(
         message[i] = r.error_message
         http_status[i] = r.http_status
         vendor_code[i] = r.vendor_error_code
+        reference[i] = r.vendor_reference
         attempts[i] = r.attempts
         finished[i] = r.finished_at
 
@@ -97,6 +100,7 @@ def assemble_results(
     result["http_status"] = pd.array(http_status, dtype="Int64")
     result["error_code"] = pd.array(error_code, dtype="string")
     result["vendor_error_code"] = pd.array(vendor_code, dtype="string")
+    result["vendor_reference"] = pd.array(reference, dtype="string")
     result["error_message"] = pd.array(message, dtype="string")
     result["attempts"] = attempts
     result["finished_at"] = pd.to_datetime(pd.Series(finished, index=result.index), utc=True)
