@@ -28,15 +28,26 @@ class Connector:
     """Base class: subclasses declare `name`, `credential_names`, and implement the hooks."""
 
     name: ClassVar[str]
-    # The credentials this vendor needs, as environment-variable suffixes (e.g. "API_KEY").
+    # The credentials this vendor reads, as environment-variable suffixes (e.g. "API_KEY"): secrets.
     credential_names: ClassVar[tuple[str, ...]] = ()
+    # More endpoints it reads (e.g. "TOKEN_URL"): settings, not secrets.
+    url_names: ClassVar[tuple[str, ...]] = ()
+    # Ways in, when there is more than one: one set must be complete. () = all of credential_names.
+    credential_sets: ClassVar[tuple[tuple[str, ...], ...]] = ()
     decision_map: ClassVar[Mapping[str, str]] = {}
-    readings: ClassVar[Mapping[ReadingKey, Reading]] = READINGS
+    readings: Mapping[ReadingKey, Reading] = READINGS  # a class's table; an instance may refine it
     # Headers carrying the vendor's own id of an answer, first found wins (support asks for it).
     reference_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: VendorSettings) -> None:
         self.settings = settings
+
+    @classmethod
+    def settings_from_env(cls, environ: Mapping[str, str] | None = None) -> VendorSettings:
+        """This vendor's settings from the environment (or `environ`), as it declares them."""
+        return VendorSettings.from_env(
+            cls.name, cls.credential_names, environ, credential_sets=cls.credential_sets, url_names=cls.url_names
+        )
 
     # -- hooks ------------------------------------------------------------------------------
     def make_auth(self) -> Auth:

@@ -47,8 +47,8 @@ _FAULT_VENDORS: dict[str, frozenset[str]] = {
     "refusal_500": frozenset(api.name for api in ALL if api.refusal_500 is not None),
 }
 
-# Faults normally hit the invoice-changing requests only. Pass this as `invoice_id` to aim a
-# fault at a vendor's token endpoint instead (modulus has the only one).
+# Faults normally hit the invoice requests only. Pass this as `invoice_id` to aim a fault at a
+# vendor's token endpoint instead (modulus' Authenticate, Accounteer's OAuth token endpoint).
 MODULUS_AUTHENTICATE = "@authenticate"
 _AUTH_FAULTS = frozenset({"429", "500", "502", "503", "drop_before", "drop_after", "slow", "bad_body"})
 
@@ -270,7 +270,9 @@ class Sandbox:
     """Every vendor API in `vendors.ALL` on one local port, with inspectable state and queued faults."""
 
     # The sandbox's own fake credentials: distinctive so tests can scan outputs for leaks.
-    CREDENTIALS: ClassVar[dict[str, str]] = {name: value for api in ALL for name, value in api.credentials.items()}
+    CREDENTIALS: ClassVar[dict[str, str]] = {
+        name: value for api in ALL for name, value in {**api.credentials, **api.grant_credentials}.items()
+    }
 
     def __init__(
         self,
@@ -279,6 +281,7 @@ class Sandbox:
         *,
         auto_create: bool = False,
         token_lifetime: float = 15 * 60,
+        oauth_token_lifetime: float = 3600.0,
         latency: float = 0.0,
     ) -> None:
         if host not in ("127.0.0.1", "localhost"):
@@ -287,12 +290,14 @@ class Sandbox:
         self.port = port
         self.auto_create = auto_create
         self.token_lifetime = float(token_lifetime)  # documented: 15 minutes
+        self.oauth_token_lifetime = float(oauth_token_lifetime)  # assumed: an hour, as OAuth servers often do
         self.latency = float(latency)
         # One lock around all state below. The vendor modules hold it while they touch
         # `invoices` (through `lookup`) or `tokens`.
         self.lock = threading.Lock()
         self.invoices: dict[tuple[str, str], Invoice] = {}
         self.tokens: dict[str, float] = {}  # issued token -> monotonic expiry
+        self.refresh_tokens: dict[str, bool] = self._initial_refresh_tokens()
         self._faults: dict[str, list[_Fault]] = {v: [] for v in VENDORS}
         self._logs: dict[str, list[tuple[float, str, str]]] = {v: [] for v in VENDORS}
         self._in_flight: dict[str, int] = {v: 0 for v in VENDORS}  # requests being handled now
@@ -346,12 +351,23 @@ class Sandbox:
         """The vendor's base URL under the sign-in portal: every request there answers 200 with HTML."""
         return f"{self.url}/{PORTAL}{BASE_PATHS[self._vendor(vendor)]}"
 
-    def env(self, *, portal: bool = False) -> dict[str, str]:
-        """Every setting the connectors need to talk to this sandbox (`portal`: to its sign-in portal)."""
+    def env(self, *, portal: bool = False, refresh_grant: bool = False) -> dict[str, str]:
+        """Every setting the connectors need to talk to this sandbox.
+
+        `portal`: every URL points at the sign-in portal instead. `refresh_grant`: a vendor with
+        an OAuth token endpoint (Accounteer) gets the refresh grant's settings instead of its
+        long-lived token.
+        """
         settings: dict[str, str] = {}
         for api in ALL:
-            settings[api.name.upper() + "_BASE_URL"] = self.portal_url(api.name) if portal else self.base_url(api.name)
-            settings.update(api.credentials)
+            prefix = api.name.upper()
+            settings[prefix + "_BASE_URL"] = self.portal_url(api.name) if portal else self.base_url(api.name)
+            if refresh_grant and api.token_path:
+                root = f"{self.url}/{PORTAL}" if portal else self.url
+                settings[prefix + "_TOKEN_URL"] = root + api.token_path
+                settings.update(api.grant_credentials)
+            else:
+                settings.update(api.credentials)
         return settings
 
     # -- state -------------------------------------------------------------------------------
@@ -452,12 +468,22 @@ class Sandbox:
             self._in_flight[vendor] -= 1
 
     def issued_tokens(self) -> list[str]:
-        """Every modulus token handed out since the last reset (for leak checks)."""
+        """Every token handed out since the last reset, access and refresh tokens (for leak checks)."""
+        initial = self._initial_refresh_tokens()
         with self.lock:
-            return list(self.tokens)
+            return [*self.tokens, *(token for token in self.refresh_tokens if token not in initial)]
+
+    def refresh_token_valid(self, token: str) -> bool:
+        """Whether an OAuth refresh token would be honoured now (rotated ones are not)."""
+        with self.lock:
+            return bool(self.refresh_tokens.get(token))
+
+    @staticmethod
+    def _initial_refresh_tokens() -> dict[str, bool]:
+        return {v: True for api in ALL for k, v in api.grant_credentials.items() if k.endswith("_REFRESH_TOKEN")}
 
     def expire_tokens(self) -> None:
-        """Make every issued modulus token expire now."""
+        """Make every issued token (modulus' and OAuth access tokens) expire now."""
         with self.lock:
             for token in self.tokens:
                 self.tokens[token] = 0.0
@@ -467,6 +493,7 @@ class Sandbox:
         with self.lock:
             self.invoices.clear()
             self.tokens.clear()
+            self.refresh_tokens = self._initial_refresh_tokens()
             self._portal_log.clear()
             for v in VENDORS:
                 self._faults[v].clear()
@@ -488,10 +515,10 @@ class Sandbox:
 
         Faults: "429" (with Retry-After when `retry_after` is given), "500", "502", "503",
         "drop_before" (no change, no answer), "drop_after" (change, no answer), "slow"
-        (sleep `delay` s, default 5, then handle), "expire_token" (modulus), "bad_body"
+        (sleep `delay` s, default 5, then handle), "expire_token" (modulus, accounteer), "bad_body"
         (200, not JSON), "false_success" (200 saying failure; nothing changes), "refusal_500"
         (modulus: a 500 refusing the change with a 55xx code; nothing changes).
-        `invoice_id=MODULUS_AUTHENTICATE` aims the fault at modulus' token endpoint.
+        `invoice_id=MODULUS_AUTHENTICATE` aims the fault at the vendor's token endpoint.
         """
         vendor = self._vendor(vendor)
         if fault not in FAULTS:

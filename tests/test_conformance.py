@@ -17,7 +17,6 @@ from connectors.reading import Action, status_reading
 from connectors.registry import CONNECTORS
 from connectors.sending.client import VendorClient
 from connectors.sending.ratelimit import RateLimiter
-from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode, Outcome
 from connectors.wire import Request
 from sandbox.vendors import BY_NAME
@@ -173,7 +172,7 @@ def test_the_vendors_reference_of_every_answer_is_kept(vendor):
 def test_the_documented_success_succeeds_against_the_vendors_simulator(vendor, sandbox):
     (row,) = seed_approvals(sandbox, vendor, [1])
     cls = CONNECTORS[vendor]
-    client = VendorClient(cls(VendorSettings.from_env(vendor, cls.credential_names)))
+    client = VendorClient(cls(cls.settings_from_env()))
     try:
         result = client.send(Decision(1, row["invoice_id"], vendor, "approve", invoice_number=row["invoice_number"]))
     finally:

@@ -250,6 +250,54 @@ def test_modulus_500_with_an_invoicing_code_is_a_refusal_not_an_outage(sandbox, 
     assert sandbox.changes("modulus", refused) == 0
 
 
+def use_refresh_grant(sandbox, monkeypatch) -> None:
+    """Accounteer through the OAuth refresh grant instead of its long-lived access token."""
+    monkeypatch.delenv("ACCOUNTEER_ACCESS_TOKEN")
+    for name, value in sandbox.env(refresh_grant=True).items():
+        monkeypatch.setenv(name, value)
+
+
+def grants(sandbox) -> int:
+    return len([p for _, _, p in sandbox.request_log("accounteer") if p.endswith("/oauth/token")])
+
+
+def test_an_accounteer_token_refused_mid_run_is_renewed_by_the_refresh_grant(sandbox, tmp_path, capsys, monkeypatch):
+    use_refresh_grant(sandbox, monkeypatch)
+    rows = seeded_rows(sandbox, 8, vendors=("accounteer",))
+    sandbox.inject("accounteer", "expire_token", invoice_id=rows[4]["invoice_id"])  # its access token expires now
+    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out").set_index("invoice_id")
+    assert code == EXIT_OK and (results["outcome"] == "succeeded").all()
+    assert results.loc[rows[4]["invoice_id"], "attempts"] == 2  # refused once (401), renewed, sent again
+    assert grants(sandbox) == 2  # one at the start, one after the refusal
+    assert all(sandbox.changes("accounteer", r["invoice_id"]) == 1 for r in rows)
+
+
+def test_an_accounteer_token_is_renewed_when_it_expires(sandbox, tmp_path, capsys, monkeypatch):
+    use_refresh_grant(sandbox, monkeypatch)
+    monkeypatch.setattr(sandbox, "oauth_token_lifetime", 1.0)  # expires_in: 1 s
+    monkeypatch.setenv("ACCOUNTEER_RATE_LIMIT", "10")  # 25 rows: 2.5 s, longer than two token lifetimes
+    rows = seeded_rows(sandbox, 25, vendors=("accounteer",))
+    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == EXIT_OK and (results_of(tmp_path / "out")["outcome"] == "succeeded").all()
+    assert grants(sandbox) >= 3  # renewed ahead of expires_in, again and again
+
+
+def test_a_refused_refresh_token_stops_accounteer(sandbox, tmp_path, capsys, monkeypatch):
+    use_refresh_grant(sandbox, monkeypatch)
+    monkeypatch.setenv("ACCOUNTEER_REFRESH_TOKEN", "sandbox-accounteer-refresh-revoked-0000")
+    rows = seeded_rows(sandbox, 10, vendors=("accounteer", "alfred"))
+    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    accounteer = results[results["vendor"] == "accounteer"]
+    assert code == EXIT_ROWS_NOT_DONE
+    assert (accounteer["outcome"] == "failed").all() and (accounteer["error_code"] == "AUTH_FAILED").all()
+    assert accounteer["error_message"].str.contains("invalid_grant").all()
+    assert not [p for _, _, p in sandbox.request_log("accounteer") if "/invoices/" in p]  # no invoice was sent
+    assert grants(sandbox) <= 8  # the vendor stopped: at most the senders already waiting for a token asked
+    assert (results[results["vendor"] == "alfred"]["outcome"] == "succeeded").all()  # the others go on
+
+
 def test_expired_modulus_token_is_renewed(sandbox, tmp_path, capsys):
     rows = seeded_rows(sandbox, 6, vendors=("modulus",))
     sandbox.inject("modulus", "expire_token", times=1, invoice_id=rows[3]["invoice_id"])

@@ -278,6 +278,47 @@ def test_accounteer_refusals(http: requests.Session, sandbox: Sandbox) -> None:
     assert sandbox.state("accounteer", ACC_ID) == "draft" and sandbox.changes("accounteer", ACC_ID) == 0
 
 
+def refresh(http, sb, refresh_token, auth=(C["ACCOUNTEER_CLIENT_ID"], C["ACCOUNTEER_CLIENT_SECRET"]), **form):
+    token_url = sb.env(refresh_grant=True)["ACCOUNTEER_TOKEN_URL"]
+    return http.post(token_url, auth=auth, data={"grant_type": "refresh_token", "refresh_token": refresh_token, **form})
+
+
+def test_accounteer_refresh_grant_rotates_and_expires(http: requests.Session, sandbox: Sandbox) -> None:
+    env = sandbox.env(refresh_grant=True)
+    assert "ACCOUNTEER_ACCESS_TOKEN" not in env and env["ACCOUNTEER_TOKEN_URL"] == f"{sandbox.url}/accounteer/oauth/token"
+    assert {"ACCOUNTEER_CLIENT_ID", "ACCOUNTEER_CLIENT_SECRET", "ACCOUNTEER_REFRESH_TOKEN"} <= set(env)
+    sandbox.seed("accounteer", ACC_ID)
+    first = refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"])
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-store"
+    grant = first.json()
+    assert (grant["token_type"], grant["expires_in"]) == ("Bearer", 3600)
+    assert grant["refresh_token"] != env["ACCOUNTEER_REFRESH_TOKEN"]  # rotated
+    bearer = {"Authorization": f"Bearer {grant['access_token']}"}
+    assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}", headers=bearer).json()["status"] == "draft"
+    assert accounteer(http, sandbox, ACC_ID, headers=bearer).status_code == 200
+    # The old refresh token stopped working; the new one works (client auth in the form, too).
+    again = refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    form_auth = {"client_id": C["ACCOUNTEER_CLIENT_ID"], "client_secret": C["ACCOUNTEER_CLIENT_SECRET"]}
+    assert refresh(http, sandbox, grant["refresh_token"], auth=None, **form_auth).status_code == 200
+    assert refresh(http, sandbox, "whatever", auth=("someone", "else")).json()["error"] == "invalid_client"
+    sandbox.expire_tokens()
+    expired = accounteer(http, sandbox, ACC_ID, headers=bearer)
+    assert expired.status_code == 401 and expired.json()["error_description"] == "The access token expired"
+    assert set(sandbox.issued_tokens()) >= {grant["access_token"], grant["refresh_token"]}
+    sandbox.reset()  # the initial refresh token works again; issued tokens are forgotten
+    assert sandbox.issued_tokens() == [] and refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"]).status_code == 200
+
+
+def test_accounteer_read(http: requests.Session, sandbox: Sandbox) -> None:
+    sandbox.seed("accounteer", ACC_ID, status="approved")
+    r = http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}", headers=ACCOUNTEER_HEADERS)
+    assert r.status_code == 200 and r.json()["status"] == "approved" and r.headers["X-Request-Id"]
+    assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{'f' * 40}", headers=ACCOUNTEER_HEADERS).status_code == 404
+    assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}").status_code == 401
+    assert sandbox.changes("accounteer", ACC_ID) == 0
+
+
 # -- appzen -------------------------------------------------------------------------------------
 UUID = "75823296-4af2-4475-aafd-461c60c284e7"
 

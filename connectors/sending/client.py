@@ -27,7 +27,7 @@ from connectors.redact import redact
 from connectors.sending.http import Http
 from connectors.sending.ratelimit import GlobalRateLimiter, RateLimiter, limiter_for
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
-from connectors.wire import Request, Response
+from connectors.wire import Request, Response, is_absolute
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +193,7 @@ class VendorClient:
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too
         return self.http.request(
             request.method,
-            self.base_url + request.path,
+            request.path if is_absolute(request.path) else self.base_url + request.path,
             params=request.params or None,
             json=request.json,
             data=request.form,

@@ -1,10 +1,21 @@
 """Accounteer: `POST {base}/invoices/{id}` with `{"invoice": {"status": "approved"}}`.
 
-Documented: method, path, body, OAuth 2.0 bearer token, 200 with the whole invoice object,
-approval only (no cancel: a cancel decision is never built into a request), approved
-invoices are final, ids are 40-hex strings, money fields are decimals. Assumed: the error
-bodies (OAuth-style 401, 404, 422 `{"errors": {...}}`) and that re-approving is refused with
-an "already approved" message, which we treat as success.
+Documented: method, path, body, OAuth 2.0 bearer token (authorization-code grant: a client id
+and secret, tokens that expire), 200 with the whole invoice object, approval only (no cancel:
+a cancel decision is never built into a request), approved invoices are final, ids are 40-hex
+strings, money fields are decimals.
+
+Auth, two ways in: the refresh grant (RFC 6749 §6; `TOKEN_URL`, `CLIENT_ID`, `CLIENT_SECRET`,
+`REFRESH_TOKEN`): an access token is fetched at the start, and again when it expires
+(`expires_in`) or is refused (401), through the same paced transport; a refresh token the
+server rotates is handed to `settings.save_credential`. Or a lone `ACCESS_TOKEN`, used as it is
+until refused (a 401 then stops the vendor). Not public, so assumed: the token endpoint (the
+URL is a setting), that it follows RFC 6749 §5 (JSON token answer, `invalid_grant` errors),
+and that it takes HTTP Basic client authentication.
+
+Assumed too: the error bodies (OAuth-style 401, 404, 422 `{"errors": {...}}`), that
+re-approving is refused with an "already approved" message, which we treat as success, and
+an `X-Request-Id` header as the answer's reference.
 """
 
 from __future__ import annotations
@@ -16,9 +27,11 @@ from decimal import Decimal
 from typing import ClassVar
 from urllib.parse import quote
 
-from connectors.auth import HeaderAuth
+from connectors.auth import Auth, HeaderAuth, SessionTokenAuth
 from connectors.connector import REQUEST_ID_HEADERS, Connector
-from connectors.reading import Action, Verdict
+from connectors.oauth import RefreshGrant
+from connectors.reading import READINGS, Action, Reading, Verdict
+from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body
 
@@ -29,17 +42,38 @@ class UnsupportedDecision(ValueError):
     """The vendor's API cannot carry this decision; it must never be sent."""
 
 
+REFRESH_GRANT = ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
+
+
 class AccounteerConnector(Connector):
     name = "accounteer"
-    credential_names = ("ACCESS_TOKEN",)
+    credential_names = ("ACCESS_TOKEN", "CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
+    url_names = ("TOKEN_URL",)
+    credential_sets = (REFRESH_GRANT, ("ACCESS_TOKEN",))  # the refresh grant wins when both are set
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "approved"}
     reference_headers = REQUEST_ID_HEADERS  # assumed: Rails-style APIs send X-Request-Id
 
-    def make_auth(self) -> HeaderAuth:
-        return HeaderAuth(
-            {"Authorization": self.settings.credentials["ACCESS_TOKEN"]},
-            template={"Authorization": "Bearer {}"},
+    def __init__(self, settings: VendorSettings) -> None:
+        super().__init__(settings)
+        given = {*settings.credentials, *settings.urls}
+        self.refreshes = given >= set(REFRESH_GRANT)
+        if self.refreshes:  # a refused access token is renewed, not the end of the vendor
+            self.readings = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
+
+    def make_auth(self) -> Auth:
+        creds = self.settings.credentials
+        if not self.refreshes:
+            return HeaderAuth({"Authorization": creds["ACCESS_TOKEN"]}, template={"Authorization": "Bearer {}"})
+        save = self.settings.save_credential
+        grant = RefreshGrant(
+            self.settings.urls["TOKEN_URL"],
+            creds["CLIENT_ID"],
+            creds["CLIENT_SECRET"],
+            creds["REFRESH_TOKEN"],
+            vendor=self.name,
+            on_rotate=None if save is None else lambda token: save("REFRESH_TOKEN", token),
         )
+        return SessionTokenAuth(grant, lifetime=None, header="Authorization", template="Bearer {}")
 
     def build_request(self, decision: Decision) -> Request:
         if decision.decision not in self.decision_map:

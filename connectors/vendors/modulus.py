@@ -39,7 +39,7 @@ class ModulusConnector(Connector):
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "STATUS_SENT", "cancel": "STATUS_VOID"}
     reference_headers = REQUEST_ID_HEADERS  # assumed: modulus documents no request id
     # Assumed: an expired or unknown session token is answered 401; a new token is all it takes.
-    readings: ClassVar[Mapping[ReadingKey, Reading]] = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
+    readings: Mapping[ReadingKey, Reading] = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
 
     def make_auth(self) -> SessionTokenAuth:
         return SessionTokenAuth(self.fetch_token, lifetime=TOKEN_LIFETIME)

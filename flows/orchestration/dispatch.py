@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 from uuid import UUID
 
@@ -22,7 +22,7 @@ from connectors.sending.ratelimit import limiter_for
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
 from flows.orchestration.progress import RunProgress
-from flows.orchestration.secrets import settings_environ
+from flows.orchestration.secrets import SettingsEnviron, credential_saver, settings_environ
 from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
 from flows.pipeline.planning import Plan, decisions_for
 from flows.state.ledger import Ledger
@@ -52,9 +52,13 @@ class VendorClients:
 def open_clients(vendors: list[str], environ: Mapping[str, str] | None = None) -> VendorClients:
     """Build each vendor's settings, and a client for every vendor whose settings are usable."""
     clients = VendorClients()
+    from_blocks = environ.from_blocks if isinstance(environ, SettingsEnviron) else frozenset()
     for vendor in vendors:
         connector_class = CONNECTORS[vendor]
-        settings = VendorSettings.from_env(vendor, connector_class.credential_names, environ)
+        settings = connector_class.settings_from_env(environ)
+        # A credential the vendor replaces mid-run (a rotated refresh token) goes back where it came from.
+        saver = credential_saver(vendor, from_blocks, log=get_run_logger())
+        settings = replace(settings, save_credential=saver)
         if settings.usable:
             limiter = limiter_for(settings, PREFECT_GLOBAL_LIMIT)
             clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter)
