@@ -17,7 +17,7 @@ from connectors.reading import Action, status_reading
 from connectors.registry import CONNECTORS
 from connectors.sending.client import VendorClient
 from connectors.sending.ratelimit import RateLimiter
-from connectors.vocabulary import Decision, ErrorCode, Outcome
+from connectors.vocabulary import Decision, ErrorCode, Outcome, WouldChange
 from connectors.wire import Request
 from sandbox.vendors import BY_NAME
 from tests.helpers import FAKE_ENV, connector, invoice_id_for, response, seed_approvals
@@ -205,3 +205,65 @@ def test_no_credential_in_any_message(vendor):
             client.close()
         assert result.outcome is Outcome.FAILED
         assert not any(secret in result.error_message for secret in CREDENTIALS[vendor]), (step, result.error_message)
+
+
+# -- previews: reads that never write ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_preview_read_is_pure_and_never_a_write(vendor):
+    c = connector(vendor)
+    read = c.build_read(a_decision(vendor))
+    if read is None:  # the vendor documents no read: a preview says unknown
+        return
+    assert read.method == "GET" and read.json is None and read.form is None
+    assert not any(secret in repr(read) for secret in CREDENTIALS[vendor])
+    assert read == c.build_read(a_decision(vendor))
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize(
+    "status, body, headers",
+    [
+        (200, SIGN_IN_PAGE, {"Content-Type": "text/html; charset=utf-8"}),
+        (202, SIGN_IN_PAGE, {"Content-Type": "application/json"}),
+        (200, {"something": "else"}, {}),
+        (204, "", {}),
+        (302, SIGN_IN_PAGE, {"Location": "https://portal.example/login"}),
+    ],
+    ids=["html-200", "html-202-json-header", "other-json", "empty-204", "redirect-302"],
+)
+def test_nothing_but_a_documented_state_is_read_as_one(vendor, status, body, headers):
+    http = ScriptedHttp([*TOKEN_ANSWERS.get(vendor, []), (status, body, headers)])
+    client = VendorClient(connector(vendor), http=http, limiter=RateLimiter(None), sleep=lambda s: None)
+    try:
+        check = client.check(a_decision(vendor))
+    finally:
+        client.close()
+    assert (check.would_change, check.vendor_state) == (WouldChange.UNKNOWN, None)
+    assert check.message
+    assert all(method == "GET" for method, url, _ in http.calls if "Authenticate" not in url)
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_preview_reads_the_simulator_and_changes_nothing(vendor, sandbox):
+    (row,) = seed_approvals(sandbox, vendor, [1])
+    decision = Decision(1, row["invoice_id"], vendor, "approve", invoice_number=row["invoice_number"])
+    unknown = Decision(2, invoice_id_for(vendor, 99), vendor, "approve", invoice_number="N-99")
+    cls = CONNECTORS[vendor]
+    client = VendorClient(cls(cls.settings_from_env()))
+    try:
+        before, missing = client.check_many([decision, unknown])
+        if cls(cls.settings_from_env()).build_read(decision) is None:
+            assert before.would_change is missing.would_change is WouldChange.UNKNOWN
+            assert "documents no read" in before.message and not sandbox.request_log(vendor)
+            return
+        assert (before.would_change, before.vendor_state) == (WouldChange.YES, sandbox.state(vendor, row["invoice_id"]))
+        assert missing.would_change is WouldChange.NOT_FOUND
+        assert sandbox.changes(vendor, row["invoice_id"]) == 0  # reads never write
+        assert {method for _, method, path in sandbox.request_log(vendor) if "token" not in path} == {"GET"}
+        assert client.send(decision).outcome is Outcome.SUCCEEDED
+        (after,) = client.check_many([decision])
+        assert after.would_change is WouldChange.NO  # already in that state
+    finally:
+        client.close()

@@ -395,3 +395,51 @@ def test_accounteer_401_renews_with_the_grant_but_stops_with_a_lone_token():
     assert connector("accounteer", GRANT_ENV).classify(request, response=refused).action is Action.REAUTH
     lone = {"ACCOUNTEER_BASE_URL": "https://a.test", "ACCOUNTEER_ACCESS_TOKEN": "tok-123456"}
     assert connector("accounteer", lone).classify(request, response=refused).action is Action.STOP
+
+
+# -- preview reads: the invoice's state, and what sending would do -------------------------------
+
+ALFRED_READ = {"statusCode": 202, "message": "list invoice/transaction"}
+READS = [
+    # vendor, decision, status, body, would_change, vendor_state
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": {"estatus_invoice": "pending"}}, "yes", "pending"),
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": {"estatus_invoice": "approved"}}, "no", "approved"),
+    ("alfred", "cancel", 202, {**ALFRED_READ, "data": {"estatus_invoice": "cancelled"}}, "no", "cancelled"),
+    ("alfred", "cancel", 202, {**ALFRED_READ, "data": {"estatus_invoice": "approved"}}, "unknown", "approved"),
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": {"estatus_invoice": "completed"}}, "unknown", "completed"),
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": True}, "unknown", None),
+    ("alfred", "approve", 404, {"statusCode": 404, "message": "Invoice not found"}, "not_found", None),
+    ("accounteer", "approve", 200, {"id": "b" * 40, "status": "draft", "total_amount": 221.10}, "yes", "draft"),
+    ("accounteer", "approve", 200, {"id": "b" * 40, "status": "approved"}, "no", "approved"),
+    ("accounteer", "approve", 200, {"id": "b" * 40, "status": "paid"}, "unknown", "paid"),
+    ("accounteer", "approve", 200, "<html>", "unknown", None),
+    ("accounteer", "approve", 404, {"error": "not_found"}, "not_found", None),
+    ("appzen", "approve", 200, {"invoice_status": "pending"}, "yes", "pending"),
+    ("appzen", "approve", 200, {"data": {"invoice_status": "Approved"}}, "no", "Approved"),
+    ("appzen", "cancel", 200, {"invoice_status": "approved"}, "yes", "approved"),
+    ("appzen", "approve", 200, None, "unknown", None),
+    ("appzen", "approve", 404, APPZEN_ERR, "not_found", None),
+]
+
+
+@pytest.mark.parametrize("vendor, decision, status, body, would_change, state", READS,
+                         ids=[f"{r[0]}-{r[1]}-{r[2]}-{i}" for i, r in enumerate(READS)])
+def test_read_state(vendor, decision, status, body, would_change, state):
+    c = connector(vendor)
+    d = Decision(1, {"alfred": "000123", "accounteer": "b" * 40, "appzen": "75823296-4af2-4475-aafd-461c60c284e7"}[vendor],
+                 vendor, decision, invoice_number="N-1")
+    verdict = c.classify_read(d, c.build_read(d), response=response(status, body))
+    assert (verdict.would_change, verdict.vendor_state) == (would_change, state)
+    assert verdict.message
+
+
+@pytest.mark.parametrize("status, action", [(401, Action.STOP), (429, Action.RETRY), (503, Action.RETRY), (422, Action.FAIL)])
+def test_a_read_answered_otherwise_reads_through_the_table(status, action):
+    c = connector("alfred")
+    d = Decision(1, "000123", "alfred", "approve")
+    verdict = c.classify_read(d, c.build_read(d), response=response(status, {"message": "no"}))
+    assert verdict.action is action and verdict.would_change is None
+
+
+def test_modulus_documents_no_read():
+    assert connector("modulus").build_read(Decision(1, "35", "modulus", "approve", invoice_number="N")) is None

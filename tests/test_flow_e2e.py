@@ -12,6 +12,7 @@ import pytest
 from connectors.registry import VENDORS as ALL_VENDORS
 from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
 from flows.orchestration.dispatch import CHUNKS_IN_FLIGHT_PER_VENDOR, lanes
+from flows.state.ledger import Ledger, ledger_url
 from tests.helpers import artifacts_of, seed_approvals
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
@@ -344,6 +345,56 @@ def test_dry_run_sends_nothing(sandbox, tmp_path, capsys):
     assert code == EXIT_ROWS_NOT_DONE  # the sample has rejected rows
     assert all(sandbox.request_log(v) == [] for v in ALL_VENDORS)
     assert results.loc[results["row_number"] == 1, "error_message"].item() == "dry run: would be sent"
+
+
+def test_a_preview_asks_the_vendors_and_changes_nothing(sandbox, tmp_path, capsys, state_dir, monkeypatch):
+    """`--dry-run --check-vendors` the day before month end: what would change, what is done, what is unknown."""
+    use_refresh_grant(sandbox, monkeypatch)  # reads go through the same auth: Accounteer's token fetched too
+    rows = seeded_rows(sandbox, 2, vendors=("alfred", "accounteer", "appzen"))  # pending/draft: would change
+    done = seed_approvals(sandbox, "alfred", [7], status="approved") + seed_approvals(sandbox, "accounteer", [7], status="approved")
+    done += seed_approvals(sandbox, "appzen", [7], status="Approved")
+    missing = [{"invoice_id": "A99999", "vendor": "alfred", "decision": "approve"}]  # alfred does not know it
+    modulus = seeded_rows(sandbox, 1, vendors=("modulus",))  # modulus documents no read
+    path = write_decisions(tmp_path / "f.csv", rows + done + missing + modulus)
+    code, out, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--check-vendors", "--no-progress"], capsys)
+    results = results_of(tmp_path / "out").set_index("invoice_id")
+
+    assert code == EXIT_OK and (results["outcome"] == "skipped").all() and (results["attempts"] == 0).all()
+    assert results.loc[[r["invoice_id"] for r in rows], "would_change"].eq("yes").all()
+    assert results.loc[[r["invoice_id"] for r in done], "would_change"].eq("no").all()
+    assert results.loc["A99999", "would_change"] == "not_found" and results.loc["A99999", "http_status"] == 404
+    assert results.loc[modulus[0]["invoice_id"], "would_change"] == "unknown"
+    assert results.loc[rows[0]["invoice_id"], "vendor_state"] == "pending"
+    assert results.loc[done[1]["invoice_id"], "vendor_state"] == "approved"
+    assert results.loc["A99999", "error_message"].startswith("dry run: would be sent; HTTP 404")
+    appzen = results[results["vendor"] == "appzen"]
+    assert appzen["vendor_reference"].notna().all()  # the reads' x-correlation-id
+    line = "would change 6, already done 3, not found 1, unknown 1"
+    assert f"the vendors say: {line}" in out
+    # Nothing was written anywhere: no change at any vendor, reads only, and the ledger holds nothing.
+    seeded = rows + done + modulus
+    assert all(sandbox.changes(r["vendor"], r["invoice_id"]) == 0 for r in seeded)
+    for vendor in ALL_VENDORS:
+        assert {m for _, m, p in sandbox.request_log(vendor) if not p.endswith("/oauth/token")} <= {"GET"}
+    assert sandbox.request_log("modulus") == []
+    ledger = Ledger(ledger_url({"INVOICE_SYNC_STATE_DIR": str(state_dir)}))
+    try:
+        assert ledger.lookup(ALL_VENDORS).empty
+    finally:
+        ledger.close()
+    artifacts = artifacts_of(results["run_id"].iloc[0])
+    markdown = next(a for a in artifacts if a.key == "invoice-sync-run")
+    assert f"the vendors say: {line}" in markdown.data
+    table = next(a for a in artifacts if a.key == "invoice-sync-outcomes")
+    assert "would change 2, already done 1, not found 1, unknown 0" in str(table.data)  # alfred's row
+
+
+def test_check_vendors_is_only_a_preview(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 1, vendors=("alfred",))
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, err = run(["run", str(path), "--out", str(tmp_path / "out"), "--check-vendors"], capsys)
+    assert code == EXIT_UNUSABLE and "--dry-run" in err
+    assert sandbox.request_log("alfred") == [] and not (tmp_path / "out").exists()
 
 
 def test_vendor_filter(sandbox, tmp_path, capsys):

@@ -175,7 +175,7 @@ def test_portal_answers_a_sign_in_page_to_anything(http: requests.Session, sandb
 
 def test_unknown_path(http: requests.Session, sandbox: Sandbox) -> None:
     assert http.get(f"{sandbox.url}/nobody/x").status_code == 404
-    r = http.get(f"{sandbox.base_url('alfred')}/invoice/1")  # wrong method
+    r = http.delete(f"{sandbox.base_url('alfred')}/invoice/1")  # wrong method
     assert r.status_code == 404 and r.json()["statusCode"] == 404
 
 
@@ -308,6 +308,21 @@ def test_accounteer_refresh_grant_rotates_and_expires(http: requests.Session, sa
     assert set(sandbox.issued_tokens()) >= {grant["access_token"], grant["refresh_token"]}
     sandbox.reset()  # the initial refresh token works again; issued tokens are forgotten
     assert sandbox.issued_tokens() == [] and refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"]).status_code == 200
+
+
+def test_alfred_and_appzen_reads(http: requests.Session, sandbox: Sandbox) -> None:
+    sandbox.seed("alfred", "A1", status="approved")
+    r = http.get(f"{sandbox.base_url('alfred')}/invoice/A1", headers=ALFRED_HEADERS)
+    assert r.status_code == 202  # documented: the read answers 202 too
+    assert r.json()["message"] == "list invoice/transaction" and r.json()["data"]["estatus_invoice"] == "approved"
+    assert http.get(f"{sandbox.base_url('alfred')}/invoice/A2", headers=ALFRED_HEADERS).status_code == 404
+    assert http.get(f"{sandbox.base_url('alfred')}/invoice/A1").status_code == 401
+    sandbox.seed("appzen", UUID, invoice_number="ERP-1")
+    r = http.get(f"{sandbox.base_url('appzen')}/invoice/{UUID}", headers=APPZEN_HEADERS)
+    assert r.status_code == 200 and r.json()["invoice_status"] == "pending" and r.headers["x-correlation-id"]
+    assert_appzen_error(http.get(f"{sandbox.base_url('appzen')}/invoice/{UUID[:-1]}0", headers=APPZEN_HEADERS), 404)
+    assert_appzen_error(http.get(f"{sandbox.base_url('appzen')}/invoice/{UUID}"), 401)
+    assert sandbox.changes("alfred", "A1") == sandbox.changes("appzen", UUID) == 0
 
 
 def test_accounteer_read(http: requests.Session, sandbox: Sandbox) -> None:

@@ -192,8 +192,8 @@ def test_a_row_whose_retry_is_cut_short_by_a_stop_says_so():
     c, http, _ = client_for("alfred", [(503, None)])
     original = c._attempt
 
-    def first_answer_then_another_row_is_refused(request):
-        attempt = original(request)
+    def first_answer_then_another_row_is_refused(request, *how):
+        attempt = original(request, *how)
         # between this row's 503 and its retry decision, another row finds the credentials refused
         c._stop(decision(7), c.connector.classify(request, response=response(401, {"message": "Unauthorized"})))
         return attempt

@@ -16,6 +16,11 @@ and that it takes HTTP Basic client authentication.
 Assumed too: the error bodies (OAuth-style 401, 404, 422 `{"errors": {...}}`), that
 re-approving is refused with an "already approved" message, which we treat as success, and
 an `X-Request-Id` header as the answer's reference.
+
+Preview read, assumed from the docs' menu ("Get Invoice"; the list `GET {base}/invoices/` is
+documented with the same bearer header): `GET {base}/invoices/{id}` answers the invoice object
+with its `status`. `approved` is already done; `draft` (assumed: the state before approval)
+would change; anything else stays unknown.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import Auth, HeaderAuth, SessionTokenAuth
-from connectors.connector import REQUEST_ID_HEADERS, Connector
+from connectors.connector import REQUEST_ID_HEADERS, Connector, state_reading, unreadable_state
 from connectors.oauth import RefreshGrant
 from connectors.reading import READINGS, Action, Reading, Verdict
 from connectors.settings import VendorSettings
@@ -83,6 +88,20 @@ class AccounteerConnector(Connector):
             f"/invoices/{quote(decision.invoice_id, safe='')}",
             json={"invoice": {"status": self.decision_map[decision.decision]}},
         )
+
+    def build_read(self, decision: Decision) -> Request:
+        if decision.decision not in self.decision_map:
+            raise UnsupportedDecision("Accounteer has no cancel: only approvals can be sent")
+        return Request("GET", f"/invoices/{quote(decision.invoice_id, safe='')}")
+
+    def read_state(self, decision: Decision, response: Response) -> Verdict:
+        try:
+            invoice = json.loads(response.text, parse_float=Decimal)
+        except ValueError:
+            return unreadable_state(response, "body is not JSON")
+        if not isinstance(invoice, dict) or "status" not in invoice:
+            return unreadable_state(response, "no invoice status in the answer")
+        return state_reading(invoice["status"], ("approved",), movable=("draft",))
 
     def read_success(self, request: Request, response: Response) -> Verdict:
         try:

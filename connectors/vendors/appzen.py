@@ -6,6 +6,12 @@ Documented: method, path, the three auth headers (`x-api-key`, `customer-id`,
 `"message": "Error code : <hex> - ..."`, 429 over the rate limit (1,000/s, 300,000/day) with no
 Retry-After documented, and the `x-correlation-id` header on every answer (kept as the row's
 `vendor_reference`). Assumed: the status texts we send (`Approved`, `Cancelled`).
+
+Preview read, documented (marked deprecated): `GET {base}/invoice/{uuid}` with the same headers
+carries `invoice_status`, the ERP status text last synced (where in the body is assumed: at the
+top, or under `data`). The decision's own text is already done; any other would change (AppZen
+takes any status text from the ERP). The documented `POST {base}/invoice/search` needs a time
+window and filters by the ERP's ids, not AppZen's uuid, so it is not used for one invoice.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
-from connectors.connector import Connector
+from connectors.connector import Connector, state_reading, unreadable_state
 from connectors.reading import Action, Verdict
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode
@@ -61,6 +67,16 @@ class AppZenConnector(Connector):
                 "invoice_status": self.decision_map[decision.decision],
             },
         )
+
+    def build_read(self, decision: Decision) -> Request:
+        return Request("GET", f"/invoice/{quote(decision.invoice_id, safe='')}")
+
+    def read_state(self, decision: Decision, response: Response) -> Verdict:
+        body = json_body(response)
+        invoice = body.get("data") if isinstance(body, dict) and isinstance(body.get("data"), dict) else body
+        if not isinstance(invoice, dict) or "invoice_status" not in invoice:
+            return unreadable_state(response, "no invoice_status in the answer")
+        return state_reading(invoice["invoice_status"], (self.decision_map[decision.decision],))
 
     def read_success(self, request: Request, response: Response) -> Verdict:
         # Documented: 200 with an empty body. Any other 2xx, or a body (a sign-in page answering
