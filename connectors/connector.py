@@ -13,7 +13,7 @@ the invoice's current state, and `read_state` reads the answer into a vendor sta
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import ClassVar
 
 from connectors.auth import Auth
@@ -102,16 +102,9 @@ class Connector:
         error: BaseException | None = None,
     ) -> Verdict:
         """Read the answer to `request` (a response or an exception) into a Verdict."""
-        if error is not None:
-            return self.read_exception(error)
-        assert response is not None
-        status = response.status_code
-        if 200 <= status < 300:
-            return self.read_success(request, response)
-        specific = self.read_refusal(request, response)
-        if specific is not None:
-            return specific
-        return self._read_status(response)
+        return self._read_answer(
+            response, error, lambda r: self.read_success(request, r), lambda r: self.read_refusal(request, r)
+        )
 
     def classify_read(
         self,
@@ -121,19 +114,34 @@ class Connector:
         error: BaseException | None = None,
     ) -> Verdict:
         """Read the answer to a preview read: a state, "not found" (404), or the table's action."""
+        return self._read_answer(response, error, lambda r: self.read_state(decision, r), self._read_missing)
+
+    def _read_answer(
+        self,
+        response: Response | None,
+        error: BaseException | None,
+        on_success: Callable[[Response], Verdict],
+        on_refusal: Callable[[Response], Verdict | None],
+    ) -> Verdict:
+        """An exception, a 2xx (`on_success`), or a refusal read by `on_refusal`, else by the table."""
         if error is not None:
             return self.read_exception(error)
         assert response is not None
-        status = response.status_code
-        if 200 <= status < 300:
-            return self.read_state(decision, response)
-        if status == 404:
-            return Verdict(
-                Action.SUCCEED,
-                message=f"HTTP 404: {self.name} does not know this invoice",
-                would_change=WouldChange.NOT_FOUND,
-            )
+        if 200 <= response.status_code < 300:
+            return on_success(response)
+        specific = on_refusal(response)
+        if specific is not None:
+            return specific
         return self._read_status(response)
+
+    def _read_missing(self, response: Response) -> Verdict | None:
+        if response.status_code != 404:
+            return None
+        return Verdict(
+            Action.SUCCEED,
+            message=f"HTTP 404: {self.name} does not know this invoice",
+            would_change=WouldChange.NOT_FOUND,
+        )
 
     def _read_status(self, response: Response) -> Verdict:
         """A non-2xx answer as the reading table has it (with the vendor's message and code)."""
