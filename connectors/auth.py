@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from pydantic import SecretStr
 
+from connectors.errors import AuthRefused, AuthUnreadable
 from connectors.redact import register_secret
 from connectors.wire import Request, Response
 
@@ -56,6 +57,8 @@ class SessionTokenAuth(Auth):
     raises AuthRefused, AuthUnavailable or AuthUnreadable. The token travels in the query
     (`param`, modulus) or in a header (`header` and its `template`, an OAuth bearer token). It
     is renewed `margin` seconds before it expires (a tenth of its life at most, for short ones).
+    Once the endpoint refused us (or answered something unreadable), every later apply raises
+    the same at once: the senders already waiting for a token do not ask it again.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class SessionTokenAuth(Auth):
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at: float | None = None
+        self._refused: AuthRefused | AuthUnreadable | None = None
         self.fetches = 0
 
     def apply(self, request: Request, send: Send) -> Request:
@@ -98,8 +102,14 @@ class SessionTokenAuth(Auth):
 
     def _current(self, send: Send) -> str:
         with self._lock:  # one fetch at a time; other senders wait for its token
+            if self._refused is not None:
+                raise type(self._refused)(*self._refused.args)
             if self._token is None or (self._renew_at is not None and self._clock() >= self._renew_at):
-                issued = self._fetch(send)
+                try:
+                    issued = self._fetch(send)
+                except (AuthRefused, AuthUnreadable) as refused:
+                    self._refused = refused
+                    raise
                 if isinstance(issued, str):
                     issued = IssuedToken(issued)
                 register_secret(issued.value)

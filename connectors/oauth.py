@@ -51,7 +51,7 @@ class RefreshGrant:
     ) -> None:
         self.token_url = token_url
         self._client = _basic(client_id.get_secret_value(), client_secret.get_secret_value())
-        register_secret(self._client)
+        register_secret(self._client.removeprefix("Basic "))  # the encoded pair is as secret as its parts
         self._refresh = refresh_token.get_secret_value()
         self._vendor = vendor
         self._on_rotate = on_rotate

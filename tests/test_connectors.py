@@ -443,3 +443,19 @@ def test_a_read_answered_otherwise_reads_through_the_table(status, action):
 
 def test_modulus_documents_no_read():
     assert connector("modulus").build_read(Decision(1, "35", "modulus", "approve", invoice_number="N")) is None
+
+
+def test_a_refused_token_request_is_not_repeated_by_the_senders_waiting_for_it():
+    from connectors.auth import SessionTokenAuth
+
+    asked = []
+
+    def refused(send):
+        asked.append(1)
+        raise AuthRefused("token request answered HTTP 400: invalid_grant")
+
+    auth = SessionTokenAuth(refused, lifetime=None, header="Authorization", template="Bearer {}")
+    for _ in range(3):
+        with pytest.raises(AuthRefused, match="invalid_grant"):
+            auth.apply(Request("GET", "/x"), None)
+    assert len(asked) == 1
