@@ -84,14 +84,13 @@ def shape_raw(path: str) -> dict:
     from requests.adapters import HTTPAdapter
 
     from connectors.registry import CONNECTORS
-    from connectors.settings import VendorSettings
 
     by_vendor: dict[str, list] = {v: [] for v in VENDORS}
     for d in _decisions(path):
         by_vendor[d.vendor].append(d)
     plans = {}
     for vendor, decisions in by_vendor.items():
-        connector = CONNECTORS[vendor](VendorSettings.from_env(vendor, CONNECTORS[vendor].credential_names))
+        connector = CONNECTORS[vendor](CONNECTORS[vendor].settings_from_env())
         session = requests.Session()
         session.trust_env = False
         session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=CONCURRENCY))
@@ -145,7 +144,7 @@ def shape_naive(path: str) -> dict:
 
     decisions = _decisions(path)
     clients = {
-        v: VendorClient(CONNECTORS[v](VendorSettings.from_env(v, CONNECTORS[v].credential_names))) for v in VENDORS
+        v: VendorClient(CONNECTORS[v](CONNECTORS[v].settings_from_env())) for v in VENDORS
     }
 
     @task(cache_policy=NO_CACHE)

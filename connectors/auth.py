@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from pydantic import SecretStr
 
+from connectors.errors import AuthRefused, AuthUnreadable
 from connectors.redact import register_secret
 from connectors.wire import Request, Response
 
@@ -41,44 +42,80 @@ class HeaderAuth(Auth):
         return replace(request, headers={**request.headers, **extra})
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A token as its endpoint issued it: the value, and how long it lives if the vendor said."""
+
+    value: str
+    lifetime: float | None = None  # seconds from now (OAuth's `expires_in`); None: the declared lifetime
+
+
 class SessionTokenAuth(Auth):
     """A token fetched from the vendor, reused until it expires or is refused.
 
-    `fetch(send)` returns the new token; it raises AuthRefused or AuthUnavailable.
+    `fetch(send)` returns the new token (text, or an `IssuedToken` saying its lifetime); it
+    raises AuthRefused, AuthUnavailable or AuthUnreadable. The token travels in the query
+    (`param`, modulus) or in a header (`header` and its `template`, an OAuth bearer token). It
+    is renewed `margin` seconds before it expires (a tenth of its life at most, for short ones).
+    Once the endpoint refused us (or answered something unreadable), every later apply raises
+    the same at once: the senders already waiting for a token do not ask it again.
     """
 
     def __init__(
         self,
-        fetch: Callable[[Send], str],
+        fetch: Callable[[Send], str | IssuedToken],
         *,
-        lifetime: float,
+        lifetime: float | None,
         margin: float = 60.0,
         param: str = "token",
+        header: str | None = None,
+        template: str = "{}",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch = fetch
-        self._lifetime = max(lifetime - margin, 1.0)  # renew before the vendor's clock runs out
+        self._lifetime = lifetime  # None: until refused
+        self._margin = margin
         self._param = param
+        self._header = header
+        self._template = template
         self._clock = clock
         self._lock = threading.Lock()
         self._token: str | None = None
-        self._fetched_at = 0.0
+        self._renew_at: float | None = None
+        self._refused: AuthRefused | AuthUnreadable | None = None
         self.fetches = 0
 
     def apply(self, request: Request, send: Send) -> Request:
-        return replace(request, params={**request.params, self._param: self._current(send)})
+        token = self._current(send)
+        if self._header is not None:
+            return replace(request, headers={**request.headers, self._header: self._template.format(token)})
+        return replace(request, params={**request.params, self._param: token})
 
     def invalidate(self, request: Request) -> None:
         with self._lock:
             # Only forget the token that was refused: another thread may have renewed it already.
-            if self._token is not None and request.params.get(self._param) == self._token:
+            if self._token is not None and self._carried(request) == self._template.format(self._token):
                 self._token = None
+
+    def _carried(self, request: Request) -> str | None:
+        return request.headers.get(self._header) if self._header is not None else request.params.get(self._param)
 
     def _current(self, send: Send) -> str:
         with self._lock:  # one fetch at a time; other senders wait for its token
-            if self._token is None or self._clock() - self._fetched_at >= self._lifetime:
-                token = self._fetch(send)
-                register_secret(token)
-                self._token, self._fetched_at = token, self._clock()
+            if self._refused is not None:
+                raise type(self._refused)(*self._refused.args)
+            if self._token is None or (self._renew_at is not None and self._clock() >= self._renew_at):
+                try:
+                    issued = self._fetch(send)
+                except (AuthRefused, AuthUnreadable) as refused:
+                    self._refused = refused
+                    raise
+                if isinstance(issued, str):
+                    issued = IssuedToken(issued)
+                register_secret(issued.value)
+                life = self._lifetime if issued.lifetime is None else issued.lifetime
+                # Renew before the vendor's clock runs out.
+                self._renew_at = None if life is None else self._clock() + life - min(self._margin, life / 10)
+                self._token = issued.value
                 self.fetches += 1
             return self._token

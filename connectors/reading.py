@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from urllib3.exceptions import ProtocolError
 from urllib3.exceptions import TimeoutError as HTTPTimeoutError
 
-from connectors.errors import AuthRefused, AuthUnavailable, GlobalLimitError
-from connectors.vocabulary import ErrorCode
+from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable, GlobalLimitError
+from connectors.vocabulary import ErrorCode, WouldChange
 
 
 class Action(enum.Enum):
@@ -39,6 +39,9 @@ class Verdict:
     vendor_error_code: str | None = None
     message: str = ""
     retry_after: float | None = None  # seconds the vendor asked us to wait, if it said
+    # A preview read: what the vendor holds, and what sending would do (None for a send).
+    vendor_state: str | None = None
+    would_change: WouldChange | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -75,6 +78,7 @@ READINGS: Mapping[ReadingKey, Reading] = {
     # Exceptions
     AuthRefused: Reading(Action.STOP, ErrorCode.AUTH_FAILED),
     AuthUnavailable: RETRY,
+    AuthUnreadable: Reading(Action.STOP, ErrorCode.BAD_RESPONSE),
     GlobalLimitError: Reading(Action.STOP, ErrorCode.CONFIG_MISSING),
     ProtocolError: RETRY,  # connection refused, reset or cut mid-answer
     HTTPTimeoutError: RETRY,  # connect and read timeouts (and a new connection that failed)

@@ -6,7 +6,7 @@ Connectors receive a `VendorSettings`; they never read the environment themselve
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar, overload
 from urllib.parse import urlsplit
@@ -37,6 +37,10 @@ class VendorSettings:
     retry_after_max: float = 120.0  # a vendor's Retry-After is honoured up to this
     problems: tuple[str, ...] = ()  # why the settings are unusable, if they are
     global_limit: str | None = None  # Prefect GCL (rate-limit mode) shared with other workers
+    urls: Mapping[str, str] = field(default_factory=dict)  # more endpoints, e.g. {"TOKEN_URL": ...}; not secrets
+    # Saves a credential the vendor replaced (a rotated refresh token) back where it came from:
+    # (credential name, new value). Set by the orchestration; None keeps it for this run only.
+    save_credential: Callable[[str, str], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def usable(self) -> bool:
@@ -48,8 +52,16 @@ class VendorSettings:
         vendor: str,
         credential_names: tuple[str, ...],
         environ: Mapping[str, str] | None = None,
+        *,
+        credential_sets: tuple[tuple[str, ...], ...] = (),
+        url_names: tuple[str, ...] = (),
     ) -> VendorSettings:
-        """Read `<VENDOR>_*` settings; problems are collected, never raised."""
+        """Read `<VENDOR>_*` settings; problems are collected, never raised.
+
+        `credential_names` are secrets, `url_names` more endpoints (not secrets). Without
+        `credential_sets` every credential is required; with them (ways in, each a tuple of
+        names) one set must be complete, and a set given only in part is a problem too.
+        """
         env = os.environ if environ is None else environ
         read = _SettingsReader(vendor.upper(), env)
         base_url = read.text("BASE_URL")
@@ -58,14 +70,21 @@ class VendorSettings:
         else:
             base_url = base_url.rstrip("/")
             read.problems.extend(_url_problems(read.prefix, base_url, env))
+        urls: dict[str, str] = {}
+        for name in url_names:
+            url = read.text(name)
+            if url is not None:
+                urls[name] = url
+                read.problems.extend(_url_problems(read.prefix, url, env, name))
         credentials: dict[str, SecretStr] = {}
         for name in credential_names:
             value = read.text(name)
-            if value is None:
-                read.problems.append(f"{read.prefix}_{name} is not set")
-            else:
+            if value is not None:
                 register_secret(value)
                 credentials[name] = SecretStr(value)
+        read.problems.extend(
+            _credential_problems(read.prefix, credential_sets or (credential_names,), {*credentials, *urls})
+        )
         rate = read.number("RATE_LIMIT", None)
         return cls(
             vendor=vendor,
@@ -80,7 +99,27 @@ class VendorSettings:
             retry_after_max=read.number("RETRY_AFTER_MAX", 120.0),
             problems=tuple(read.problems),
             global_limit=read.text("GLOBAL_LIMIT"),
+            urls=urls,
         )
+
+
+def _credential_problems(prefix: str, sets: tuple[tuple[str, ...], ...], given: set[str]) -> list[str]:
+    """Why no way in is usable: one set must be complete; a set given in part is named as such."""
+
+    def names(items) -> str:
+        return ", ".join(f"{prefix}_{n}" for n in items)
+
+    if len(sets) == 1:
+        return [f"{prefix}_{n} is not set" for n in sets[0] if n not in given]
+    problems = [
+        f"{names(n for n in way if n not in given)} not set (with {names(n for n in way if n in given)} set, "
+        f"all of {names(way)} are needed)"
+        for way in sets
+        if 0 < len(given & set(way)) < len(way)
+    ]
+    if not problems and not any(given >= set(way) for way in sets):
+        problems.append("no credentials: set " + " or else ".join(names(way) for way in sets))
+    return problems
 
 
 class _SettingsReader:
@@ -128,15 +167,15 @@ class _SettingsReader:
         return value
 
 
-def _url_problems(prefix: str, url: str, env: Mapping[str, str]) -> list[str]:
+def _url_problems(prefix: str, url: str, env: Mapping[str, str], name: str = "BASE_URL") -> list[str]:
     """TLS stays on: plain http is only for this machine unless explicitly allowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return [f"{prefix}_BASE_URL is not an http(s) URL"]
+        return [f"{prefix}_{name} is not an http(s) URL"]
     allowed = env.get("INVOICE_SYNC_ALLOW_INSECURE_HTTP", "").strip().lower() in ("1", "true", "yes")
     if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS and not allowed:
         return [
-            f"{prefix}_BASE_URL uses plain http to {parts.hostname}; use https "
+            f"{prefix}_{name} uses plain http to {parts.hostname}; use https "
             "(or set INVOICE_SYNC_ALLOW_INSECURE_HTTP=1 if you really mean it)"
         ]
     return []

@@ -43,6 +43,15 @@ class ErrorCode(enum.StrEnum):
     CONFLICTING_ROWS = "CONFLICTING_ROWS"  # the file holds opposite decisions for one invoice
 
 
+class WouldChange(enum.StrEnum):
+    """What a preview read says sending a decision would do (`run --dry-run --check-vendors`)."""
+
+    YES = "yes"  # the vendor has the invoice, not yet in the decision's state
+    NO = "no"  # already in that state: sending changes nothing
+    NOT_FOUND = "not_found"  # the vendor does not know the invoice
+    UNKNOWN = "unknown"  # no documented read, an unreadable answer, or a state we cannot judge
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One validated row of the decision file, as a connector sees it."""
@@ -72,6 +81,20 @@ class RowResult:
     error_message: str = ""
     attempts: int = 0
     finished_at: datetime | None = None
+    vendor_reference: str | None = None  # the vendor's own id of its last answer (AppZen's x-correlation-id)
+
+
+@dataclass(slots=True)
+class VendorCheck:
+    """What a preview read of one decision's invoice found at its vendor (nothing was written)."""
+
+    row_number: int
+    would_change: WouldChange
+    vendor_state: str | None = None  # the invoice's state as the vendor names it
+    message: str = ""
+    http_status: int | None = None
+    vendor_reference: str | None = None
+    reads: int = 0  # HTTP requests this read took (retries included)
 
 
 Text = TypeVar("Text", str, "pd.Series[str]")  # one decision, or a whole file's column

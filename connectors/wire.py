@@ -13,7 +13,7 @@ class Request:
     """A plain description of one HTTP call, before credentials are applied."""
 
     method: str
-    path: str  # appended to the vendor's base URL
+    path: str  # appended to the vendor's base URL; an absolute URL (a token endpoint elsewhere) is used as is
     json: Any = None
     form: Mapping[str, str] | None = None
     params: Mapping[str, str] = field(default_factory=dict)
@@ -38,6 +38,11 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.content)
+
+
+def is_absolute(path: str) -> bool:
+    """A request path that is a whole URL of its own, not a path under the base URL."""
+    return path.startswith(("https://", "http://"))
 
 
 def parse_retry_after(response: Response) -> float | None:

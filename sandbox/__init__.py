@@ -12,7 +12,8 @@ Every answer follows ../shared/vendors.md beside the repository. Each vendor's m
 accounteer.py, appzen.py, modulus.py) says which parts are documented by the vendor and which
 the sandbox assumes (a plausible answer where the vendor says nothing); vendors.py lists them,
 server.py serves them. Faults can be queued per vendor (`Sandbox.inject`) to exercise retries,
-ambiguous failures and token expiry.
+ambiguous failures and token expiry. `{url}/portal/...` answers any request with a 200 HTML
+sign-in page (`Sandbox.portal_url`, `env(portal=True)`): a base URL pointed at a web portal.
 
 Run it by hand: `python -m sandbox [--port 8765] [--seed FILE] [--auto-create]`.
 """

@@ -1,17 +1,29 @@
-"""accounteer: POST {base}/invoices/{id} with {"invoice": {"status": "approved"}}, an OAuth bearer token.
+"""accounteer: POST {base}/invoices/{id} with {"invoice": {"status": "approved"}}, an OAuth bearer token;
+GET {base}/invoices/{id} reads the invoice; POST /accounteer/oauth/token renews access tokens.
 
 Only the 200 invoice object is documented; the error bodies are assumed (OAuth-style 401,
-Rails-style 422).
+Rails-style 422), as is the `X-Request-Id` header on every answer. The single-invoice read is
+assumed from the docs' menu ("Get Invoice"): it answers the same invoice object.
+
+Access: the long-lived `ACCOUNTEER_ACCESS_TOKEN` (as if pasted by a person), or access tokens
+issued by the token endpoint (path assumed; RFC 6749 §6 refresh grant, HTTP Basic or form
+client authentication). Issued tokens expire after `oauth_token_lifetime` seconds (sent as
+`expires_in`); every grant rotates the refresh token and the old one stops working.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import secrets
+import time
+import uuid
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from http import HTTPStatus
+from urllib.parse import parse_qs, unquote
 
 from .vendor_api import (
     BAD_JSON,
@@ -33,16 +45,90 @@ BASE_PATH = "/accounteer/api/v0.1"
 
 _ACCESS_TOKEN = "sandbox-accounteer-token-3b7a"
 _AUTHORIZATION = "Bearer " + _ACCESS_TOKEN  # documented: OAuth bearer
+TOKEN_PATH = "/accounteer/oauth/token"  # assumed: the token endpoint is not public
+_CLIENT_ID = "sandbox-accounteer-client-41d8"
+_CLIENT_SECRET = "sandbox-accounteer-client-secret-92fa"
+REFRESH_TOKEN = "sandbox-accounteer-refresh-0d5c"  # valid after every reset, until rotated
 
 _UNAUTHORIZED = dumps({"error": "invalid_token", "error_description": "The access token is invalid"})
+_EXPIRED = dumps({"error": "invalid_token", "error_description": "The access token expired"})
+_INVALID_CLIENT = dumps({"error": "invalid_client", "error_description": "Client authentication failed"})
+_INVALID_GRANT = dumps(
+    {"error": "invalid_grant", "error_description": "The refresh token is invalid, expired or revoked"}
+)
 _NOT_FOUND = dumps({"error": "not_found"})
 _BAD_STATUS = dumps({"errors": {"status": ["is not a valid status"]}})
 _ALREADY_APPROVED = dumps({"errors": {"status": ["Invoice is already approved"]}})
 
 
-def _approve(sandbox: State, call: Call) -> Reply:
-    if call.headers.get("Authorization") != _AUTHORIZATION:
+def _refused(sandbox: State, call: Call) -> Reply | None:
+    """The 401 for a request without a valid access token, or None when it may go ahead."""
+    header = call.headers.get("Authorization") or ""
+    if header == _AUTHORIZATION:  # the long-lived token; the "expire_token" fault refuses it once
+        return json_reply(401, _EXPIRED) if call.expire_token else None
+    token = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+    with sandbox.lock:
+        expiry = sandbox.tokens.get(token) if token else None
+        if expiry is not None and call.expire_token:
+            sandbox.tokens[token] = expiry = 0.0  # once expired, it stays expired
+    if expiry is None:
         return json_reply(401, _UNAUTHORIZED)
+    if expiry <= time.monotonic():
+        return json_reply(401, _EXPIRED)
+    return None
+
+
+def _token(sandbox: State, call: Call) -> Reply:
+    """RFC 6749 §6: a refresh token for a new access token (and a new refresh token)."""
+    fields = {k: v[0] for k, v in parse_qs(call.body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+    client = _basic_client(call.headers.get("Authorization") or "") or (
+        fields.get("client_id"),
+        fields.get("client_secret"),
+    )
+    if client != (_CLIENT_ID, _CLIENT_SECRET):
+        return json_reply(401, _INVALID_CLIENT)
+    if fields.get("grant_type") != "refresh_token":
+        return json_reply(400, {"error": "unsupported_grant_type"})
+    presented = fields.get("refresh_token") or ""
+    access, renewed = secrets.token_hex(20), "sandbox-accounteer-refresh-" + secrets.token_hex(12)
+    with sandbox.lock:
+        if not sandbox.refresh_tokens.get(presented):
+            return json_reply(400, _INVALID_GRANT)
+        sandbox.refresh_tokens[presented] = False  # rotated: the old one stops working
+        sandbox.refresh_tokens[renewed] = True
+        sandbox.tokens[access] = time.monotonic() + sandbox.oauth_token_lifetime
+        lifetime = sandbox.oauth_token_lifetime
+    body = {"access_token": access, "token_type": "Bearer", "expires_in": int(lifetime), "refresh_token": renewed}
+    return json_reply(200, body, (("Cache-Control", "no-store"),))  # RFC 6749 §5.1
+
+
+def _basic_client(header: str) -> tuple[str, str] | None:
+    if not header.startswith("Basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(header[len("Basic ") :]).decode().partition(":")
+    except ValueError:
+        return None
+    return unquote(user), unquote(password)
+
+
+def _read(sandbox: State, call: Call) -> Reply:
+    """GET {base}/invoices/{id}: the invoice object (assumed from the docs' "Get Invoice")."""
+    refused = _refused(sandbox, call)
+    if refused is not None:
+        return refused
+    with sandbox.lock:
+        invoice = sandbox.lookup(NAME, call.invoice_id or "")
+        if invoice is None:
+            return json_reply(404, _NOT_FOUND)
+        body = _invoice_object(call.invoice_id or "", invoice)
+    return json_reply(200, body)
+
+
+def _approve(sandbox: State, call: Call) -> Reply:
+    refused = _refused(sandbox, call)
+    if refused is not None:
+        return refused
     data = loads(call.body)
     if data is BAD_JSON:
         return json_reply(400, {"error": "invalid_request", "error_description": "The request body is not valid JSON"})
@@ -79,6 +165,10 @@ def _error_reply(status: int, headers: HeaderPairs) -> Reply:
 
 def _no_route(method: str, path: str) -> Reply:
     return json_reply(404, _NOT_FOUND)
+
+
+def _request_id() -> HeaderPairs:
+    return (("X-Request-Id", str(uuid.uuid4())),)  # assumed: Rails sends one on every answer
 
 
 # -- the invoice object ------------------------------------------------------------------------
@@ -154,8 +244,19 @@ API = VendorAPI(
     base_path=BASE_PATH,
     initial_status="draft",  # assumed: an invoice not yet approved
     credentials={"ACCOUNTEER_ACCESS_TOKEN": _ACCESS_TOKEN},
-    routes=(Route("POST", path_pattern(BASE_PATH, r"/invoices/([^/]+)"), _approve),),
+    routes=(
+        Route("POST", path_pattern(BASE_PATH, r"/invoices/([^/]+)"), _approve),
+        Route("GET", path_pattern(BASE_PATH, r"/invoices/([^/]+)"), _read),
+        Route("POST", path_pattern(TOKEN_PATH, ""), _token, authentication=True),
+    ),
     error_reply=_error_reply,
     no_route=_no_route,
     false_success=_false_success,
+    reply_headers=_request_id,
+    token_path=TOKEN_PATH,
+    grant_credentials={
+        "ACCOUNTEER_CLIENT_ID": _CLIENT_ID,
+        "ACCOUNTEER_CLIENT_SECRET": _CLIENT_SECRET,
+        "ACCOUNTEER_REFRESH_TOKEN": REFRESH_TOKEN,
+    },
 )

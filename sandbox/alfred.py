@@ -1,7 +1,10 @@
-"""alfred: PUT {base}/invoice/{id} with {"status": "approved" | "cancel"}, API-Key/API-Secret headers.
+"""alfred: PUT {base}/invoice/{id} with {"status": "approved" | "cancel"}, API-Key/API-Secret headers;
+GET {base}/invoice/{id} reads it.
 
 The 202 body and the 422 shape are documented; 401 and the 429/5xx bodies are assumed (the API
-looks NestJS-based: {"statusCode", "message"}).
+looks NestJS-based: {"statusCode", "message"}). The read's 202 `{"data": {..., "estatus_invoice"}}`
+is documented; the other fields of `data`, and that it shows the invoice's status as is
+(approved, cancelled beside the documented pending), are assumed.
 """
 
 from __future__ import annotations
@@ -47,9 +50,12 @@ def _validation_error(message: str, path: str, validation: str) -> Reply:
     )
 
 
+def _authorized(call: Call) -> bool:
+    return call.headers.get("API-Key") == _API_KEY and call.headers.get("API-Secret") == _API_SECRET
+
+
 def _update_invoice(sandbox: State, call: Call) -> Reply:
-    h = call.headers
-    if h.get("API-Key") != _API_KEY or h.get("API-Secret") != _API_SECRET:
+    if not _authorized(call):
         return json_reply(401, _UNAUTHORIZED)  # assumed: the wrong-credentials shape is undocumented
     data = loads(call.body)
     if data is BAD_JSON:
@@ -75,6 +81,17 @@ def _update_invoice(sandbox: State, call: Call) -> Reply:
     return json_reply(202, _OK)  # documented
 
 
+def _read_invoice(sandbox: State, call: Call) -> Reply:
+    if not _authorized(call):
+        return json_reply(401, _UNAUTHORIZED)
+    with sandbox.lock:
+        invoice = sandbox.lookup(NAME, call.invoice_id or "")
+        if invoice is None:
+            return json_reply(404, _NOT_FOUND)
+        data = {"id": call.invoice_id, "type": invoice.kind, "estatus_invoice": invoice.status}
+    return json_reply(202, {"statusCode": 202, "message": "list invoice/transaction", "data": data})  # documented shape
+
+
 def _false_success(sandbox: State, call: Call) -> Reply:
     return json_reply(200, _FALSE_SUCCESS)
 
@@ -94,7 +111,10 @@ API = VendorAPI(
     base_path=BASE_PATH,
     initial_status="pending",  # documented: invoices start pending
     credentials={"ALFRED_API_KEY": _API_KEY, "ALFRED_API_SECRET": _API_SECRET},
-    routes=(Route("PUT", path_pattern(BASE_PATH, r"/invoice/([^/]+)"), _update_invoice),),
+    routes=(
+        Route("PUT", path_pattern(BASE_PATH, r"/invoice/([^/]+)"), _update_invoice),
+        Route("GET", path_pattern(BASE_PATH, r"/invoice/([^/]+)"), _read_invoice),
+    ),
     error_reply=_error_reply,
     no_route=_no_route,
     false_success=_false_success,

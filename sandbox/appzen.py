@@ -1,7 +1,9 @@
-"""appzen: POST {base}/invoice/{uuid}/status-sync, x-api-key/customer-id/customer-key headers.
+"""appzen: POST {base}/invoice/{uuid}/status-sync, x-api-key/customer-id/customer-key headers;
+GET {base}/invoice/{uuid} reads it.
 
 The success (200, empty body), the error shape, 401 and 404 are documented, as is the
-x-correlation-id header on every answer; the rest is assumed.
+x-correlation-id header on every answer, and the (deprecated) read carrying `invoice_status`;
+the read's other fields and its layout (a flat object) are assumed, as is the rest.
 """
 
 from __future__ import annotations
@@ -50,12 +52,18 @@ def _error(status: int, detail: str) -> bytes:
     )
 
 
-def _status_sync(sandbox: State, call: Call) -> Reply:
+def _refused(call: Call) -> Reply | None:
+    """The 401 for a request without the three keys, or None (documented: 401; the sandbox never answers 403)."""
     h = call.headers
-    if (
-        h.get("x-api-key") != _API_KEY or h.get("customer-id") != _CUSTOMER_ID or h.get("customer-key") != _CUSTOMER_KEY
-    ):  # documented: 401 for a missing/invalid key (the sandbox never answers 403)
+    if h.get("x-api-key") != _API_KEY or h.get("customer-id") != _CUSTOMER_ID or h.get("customer-key") != _CUSTOMER_KEY:
         return json_reply(401, _error(401, "Invalid or missing x-api-key, customer-id or customer-key"))
+    return None
+
+
+def _status_sync(sandbox: State, call: Call) -> Reply:
+    refused = _refused(call)
+    if refused is not None:
+        return refused
     data = loads(call.body)
     problem = _body_problem(data)
     if problem:
@@ -74,6 +82,18 @@ def _status_sync(sandbox: State, call: Call) -> Reply:
             invoice.status = new
             invoice.changes += 1
     return _OK
+
+
+def _read_invoice(sandbox: State, call: Call) -> Reply:
+    refused = _refused(call)
+    if refused is not None:
+        return refused
+    with sandbox.lock:
+        invoice = sandbox.lookup(NAME, call.invoice_id or "")
+        if invoice is None:
+            return json_reply(404, _error(404, _NOT_FOUND_DETAIL))
+        body = {"appzen_uuid": call.invoice_id, "invoice_id": invoice.invoice_number, "invoice_status": invoice.status}
+    return json_reply(200, body)
 
 
 def _body_problem(data: Any) -> str | None:
@@ -120,7 +140,10 @@ API = VendorAPI(
     base_path=BASE_PATH,
     initial_status="pending",  # assumed: AppZen holds the customer's status text; none synced yet
     credentials={"APPZEN_API_KEY": _API_KEY, "APPZEN_CUSTOMER_ID": _CUSTOMER_ID, "APPZEN_CUSTOMER_KEY": _CUSTOMER_KEY},
-    routes=(Route("POST", path_pattern(BASE_PATH, r"/invoice/([^/]+)/status-sync"), _status_sync),),
+    routes=(
+        Route("POST", path_pattern(BASE_PATH, r"/invoice/([^/]+)/status-sync"), _status_sync),
+        Route("GET", path_pattern(BASE_PATH, r"/invoice/([^/]+)"), _read_invoice),
+    ),
     error_reply=_error_reply,
     no_route=_no_route,
     false_success=None,  # a success has no body to lie in

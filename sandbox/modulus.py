@@ -143,6 +143,10 @@ def _false_success(sandbox: State, call: Call) -> Reply:
     return json_reply(200, _FALSE_SUCCESS)
 
 
+def _refusal_500() -> Reply:
+    return json_reply(500, _error("Invalid status", 5505))  # documented: 500 with a 55xx code
+
+
 def _error_reply(status: int, headers: HeaderPairs) -> Reply:
     if status == 500:  # documented 500 shape; 429/502/503 assumed without object
         return json_reply(status, _error("Internal server error.", 5000), headers)
@@ -166,4 +170,5 @@ API = VendorAPI(
     error_reply=_error_reply,
     no_route=_no_route,
     false_success=_false_success,
+    refusal_500=_refusal_500,
 )

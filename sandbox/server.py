@@ -24,7 +24,19 @@ from .vendors import ALL, BASE_PATHS, BY_NAME, INITIAL_STATUS, VENDORS
 KINDS = frozenset({"pay-out", "pay-in"})
 
 FAULTS: frozenset[str] = frozenset(
-    {"429", "500", "502", "503", "drop_before", "drop_after", "slow", "expire_token", "bad_body", "false_success"}
+    {
+        "429",
+        "500",
+        "502",
+        "503",
+        "drop_before",
+        "drop_after",
+        "slow",
+        "expire_token",
+        "bad_body",
+        "false_success",
+        "refusal_500",
+    }
 )
 # Vendors with a token endpoint (modulus): faults can target it, and its tokens can expire.
 _AUTHENTICATING = frozenset(api.name for api in ALL if any(route.authentication for route in api.routes))
@@ -32,14 +44,26 @@ _AUTHENTICATING = frozenset(api.name for api in ALL if any(route.authentication 
 _FAULT_VENDORS: dict[str, frozenset[str]] = {
     "expire_token": _AUTHENTICATING,
     "false_success": frozenset(api.name for api in ALL if api.false_success is not None),
+    "refusal_500": frozenset(api.name for api in ALL if api.refusal_500 is not None),
 }
 
-# Faults normally hit the invoice-changing requests only. Pass this as `invoice_id` to aim a
-# fault at a vendor's token endpoint instead (modulus has the only one).
+# Faults normally hit the invoice requests only. Pass this as `invoice_id` to aim a fault at a
+# vendor's token endpoint instead (modulus' Authenticate, Accounteer's OAuth token endpoint).
 MODULUS_AUTHENTICATE = "@authenticate"
 _AUTH_FAULTS = frozenset({"429", "500", "502", "503", "drop_before", "drop_after", "slow", "bad_body"})
 
 _DROP = None  # a handler returning this means: close the connection without answering
+# `{url}/portal/...` answers every request with this page: a vendor's base URL pointed by
+# mistake at a web portal (or a proxy's sign-in) instead of the API.
+PORTAL = "portal"
+_SIGN_IN_PAGE: Reply = (
+    200,
+    b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Sign in</h1>"
+    b'<form method="post" action="/login"><input name="user"><input name="password" type="password">'
+    b"<button>Sign in</button></form></body></html>",
+    (),
+    "text/html; charset=utf-8",
+)
 _BAD_BODY = b"<html>oops</html>"
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 
@@ -166,6 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
         if vendor == "_sandbox":  # read-only stats for a benchmark running in another process
             self._write(sandbox._stats(path))
             return
+        if vendor == PORTAL:  # any method, any path: a sign-in page, 200
+            sandbox._note_portal(arrived, self.command, path)
+            self._write(_SIGN_IN_PAGE)
+            return
         api = BY_NAME.get(vendor)
         if api is None:
             self._write(json_reply(404, {"error": "unknown sandbox path; vendors: " + ", ".join(VENDORS)}))
@@ -242,7 +270,9 @@ class Sandbox:
     """Every vendor API in `vendors.ALL` on one local port, with inspectable state and queued faults."""
 
     # The sandbox's own fake credentials: distinctive so tests can scan outputs for leaks.
-    CREDENTIALS: ClassVar[dict[str, str]] = {name: value for api in ALL for name, value in api.credentials.items()}
+    CREDENTIALS: ClassVar[dict[str, str]] = {
+        name: value for api in ALL for name, value in {**api.credentials, **api.grant_credentials}.items()
+    }
 
     def __init__(
         self,
@@ -251,6 +281,7 @@ class Sandbox:
         *,
         auto_create: bool = False,
         token_lifetime: float = 15 * 60,
+        oauth_token_lifetime: float = 3600.0,
         latency: float = 0.0,
     ) -> None:
         if host not in ("127.0.0.1", "localhost"):
@@ -259,16 +290,19 @@ class Sandbox:
         self.port = port
         self.auto_create = auto_create
         self.token_lifetime = float(token_lifetime)  # documented: 15 minutes
+        self.oauth_token_lifetime = float(oauth_token_lifetime)  # assumed: an hour, as OAuth servers often do
         self.latency = float(latency)
         # One lock around all state below. The vendor modules hold it while they touch
         # `invoices` (through `lookup`) or `tokens`.
         self.lock = threading.Lock()
         self.invoices: dict[tuple[str, str], Invoice] = {}
         self.tokens: dict[str, float] = {}  # issued token -> monotonic expiry
+        self.refresh_tokens: dict[str, bool] = self._initial_refresh_tokens()
         self._faults: dict[str, list[_Fault]] = {v: [] for v in VENDORS}
         self._logs: dict[str, list[tuple[float, str, str]]] = {v: [] for v in VENDORS}
         self._in_flight: dict[str, int] = {v: 0 for v in VENDORS}  # requests being handled now
         self._in_flight_max: dict[str, int] = {v: 0 for v in VENDORS}  # high-water mark since reset
+        self._portal_log: list[tuple[float, str, str]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -313,12 +347,27 @@ class Sandbox:
     def base_url(self, vendor: str) -> str:
         return self.url + BASE_PATHS[self._vendor(vendor)]
 
-    def env(self) -> dict[str, str]:
-        """Every setting the connectors need to talk to this sandbox."""
+    def portal_url(self, vendor: str) -> str:
+        """The vendor's base URL under the sign-in portal: every request there answers 200 with HTML."""
+        return f"{self.url}/{PORTAL}{BASE_PATHS[self._vendor(vendor)]}"
+
+    def env(self, *, portal: bool = False, refresh_grant: bool = False) -> dict[str, str]:
+        """Every setting the connectors need to talk to this sandbox.
+
+        `portal`: every URL points at the sign-in portal instead. `refresh_grant`: a vendor with
+        an OAuth token endpoint (Accounteer) gets the refresh grant's settings instead of its
+        long-lived token.
+        """
         settings: dict[str, str] = {}
         for api in ALL:
-            settings[api.name.upper() + "_BASE_URL"] = self.base_url(api.name)
-            settings.update(api.credentials)
+            prefix = api.name.upper()
+            settings[prefix + "_BASE_URL"] = self.portal_url(api.name) if portal else self.base_url(api.name)
+            if refresh_grant and api.token_path:
+                root = f"{self.url}/{PORTAL}" if portal else self.url
+                settings[prefix + "_TOKEN_URL"] = root + api.token_path
+                settings.update(api.grant_credentials)
+            else:
+                settings.update(api.credentials)
         return settings
 
     # -- state -------------------------------------------------------------------------------
@@ -384,6 +433,15 @@ class Sandbox:
         with self.lock:
             return list(self._logs[self._vendor(vendor)])
 
+    def portal_requests(self) -> list[tuple[float, str, str]]:
+        """(monotonic arrival time, method, path without query) per request the portal answered."""
+        with self.lock:
+            return list(self._portal_log)
+
+    def _note_portal(self, arrived: float, method: str, path: str) -> None:
+        with self.lock:
+            self._portal_log.append((arrived, method, path))
+
     def max_in_flight(self, vendor: str) -> int:
         """The most requests this vendor was handling at once since the last reset."""
         with self.lock:
@@ -410,12 +468,22 @@ class Sandbox:
             self._in_flight[vendor] -= 1
 
     def issued_tokens(self) -> list[str]:
-        """Every modulus token handed out since the last reset (for leak checks)."""
+        """Every token handed out since the last reset, access and refresh tokens (for leak checks)."""
+        initial = self._initial_refresh_tokens()
         with self.lock:
-            return list(self.tokens)
+            return [*self.tokens, *(token for token in self.refresh_tokens if token not in initial)]
+
+    def refresh_token_valid(self, token: str) -> bool:
+        """Whether an OAuth refresh token would be honoured now (rotated ones are not)."""
+        with self.lock:
+            return bool(self.refresh_tokens.get(token))
+
+    @staticmethod
+    def _initial_refresh_tokens() -> dict[str, bool]:
+        return {v: True for api in ALL for k, v in api.grant_credentials.items() if k.endswith("_REFRESH_TOKEN")}
 
     def expire_tokens(self) -> None:
-        """Make every issued modulus token expire now."""
+        """Make every issued token (modulus' and OAuth access tokens) expire now."""
         with self.lock:
             for token in self.tokens:
                 self.tokens[token] = 0.0
@@ -425,6 +493,8 @@ class Sandbox:
         with self.lock:
             self.invoices.clear()
             self.tokens.clear()
+            self.refresh_tokens = self._initial_refresh_tokens()
+            self._portal_log.clear()
             for v in VENDORS:
                 self._faults[v].clear()
                 self._logs[v].clear()
@@ -445,9 +515,10 @@ class Sandbox:
 
         Faults: "429" (with Retry-After when `retry_after` is given), "500", "502", "503",
         "drop_before" (no change, no answer), "drop_after" (change, no answer), "slow"
-        (sleep `delay` s, default 5, then handle), "expire_token" (modulus), "bad_body"
-        (200, not JSON), "false_success" (200 saying failure; nothing changes).
-        `invoice_id=MODULUS_AUTHENTICATE` aims the fault at modulus' token endpoint.
+        (sleep `delay` s, default 5, then handle), "expire_token" (modulus, accounteer), "bad_body"
+        (200, not JSON), "false_success" (200 saying failure; nothing changes), "refusal_500"
+        (modulus: a 500 refusing the change with a 55xx code; nothing changes).
+        `invoice_id=MODULUS_AUTHENTICATE` aims the fault at the vendor's token endpoint.
         """
         vendor = self._vendor(vendor)
         if fault not in FAULTS:
@@ -492,6 +563,8 @@ class Sandbox:
             return (200, _BAD_BODY, (), "application/json")  # the header lies too: worst case
         if kind == "false_success":
             return api.false_success(self, call)  # type: ignore[misc]  # inject() checked it exists
+        if kind == "refusal_500":
+            return api.refusal_500()  # type: ignore[misc]  # inject() checked it exists
         status = int(kind)  # 429 / 500 / 502 / 503, vendor-shaped
         headers = (
             (("Retry-After", _seconds(fault.retry_after)),) if kind == "429" and fault.retry_after is not None else ()

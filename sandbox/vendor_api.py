@@ -12,7 +12,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 HeaderPairs = tuple[tuple[str, str], ...]
@@ -64,8 +64,10 @@ class State(Protocol):
 
     lock: threading.Lock
     invoices: dict[tuple[str, str], Invoice]
-    tokens: dict[str, float]  # issued token -> monotonic expiry
+    tokens: dict[str, float]  # issued token -> monotonic expiry (modulus' session tokens, OAuth access tokens)
     token_lifetime: float
+    refresh_tokens: dict[str, bool]  # OAuth refresh token -> still valid (a rotated one is not)
+    oauth_token_lifetime: float  # seconds an OAuth access token lives (its `expires_in`)
 
     def lookup(self, vendor: str, invoice_id: str, invoice_number: str | None = None) -> Invoice | None: ...
 
@@ -111,5 +113,12 @@ class VendorAPI:
     no_route: Callable[[str, str], Reply]
     # The "false_success" fault: 200 saying failure, nothing changes; None where it makes no sense.
     false_success: Callable[[State, Call], Reply] | None = None
+    # The "refusal_500" fault: a 500 whose body refuses the change with the vendor's own error
+    # code (modulus documents it); nothing changes. None where the vendor documents no such body.
+    refusal_500: Callable[[], Reply] | None = None
     # Headers added to every answer of this vendor (faults and errors included).
     reply_headers: Callable[[], HeaderPairs] | None = None
+    # An OAuth refresh grant: the token endpoint's path and the settings handed out for it by
+    # `Sandbox.env(refresh_grant=True)` instead of `credentials` (`<NAME>_TOKEN_URL` is added there).
+    token_path: str = ""
+    grant_credentials: Mapping[str, str] = field(default_factory=dict)

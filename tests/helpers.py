@@ -45,7 +45,7 @@ FAKE_ENV = fake_env()
 
 def connector(vendor: str, env: dict[str, str] | None = None, **kwargs):
     cls = CONNECTORS[vendor]
-    return cls(VendorSettings.from_env(vendor, cls.credential_names, env or FAKE_ENV), **kwargs)
+    return cls(cls.settings_from_env(env or FAKE_ENV), **kwargs)
 
 
 def response(status: int, body=None, headers: dict[str, str] | None = None) -> Response:

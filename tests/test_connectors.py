@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import dataclasses
+from datetime import UTC, datetime, timezone
 
 import pytest
 from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
-from connectors.errors import AuthRefused, AuthUnavailable
+from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable
+from connectors.registry import CONNECTORS
 from connectors.reading import Action
 from connectors.sending.ratelimit import GlobalLimitError
 from connectors.settings import VendorSettings
@@ -418,57 +420,17 @@ TABLE = [
     ),
     ("modulus", "approve", 200, "<html>", {}, Action.FAIL, ErrorCode.BAD_RESPONSE, None),
     ("modulus", "approve", 400, MODULUS_ERR, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5505"),
-    (
-        "modulus",
-        "approve",
-        400,
-        {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}},
-        {},
-        Action.FAIL,
-        ErrorCode.VENDOR_REJECTED,
-        "5526",
-    ),
-    (
-        "modulus",
-        "cancel",
-        400,
-        {"result": False, "title": "Error", "message": "The void date cannot be in the future."},
-        {},
-        Action.FAIL,
-        ErrorCode.VENDOR_REJECTED,
-        None,
-    ),
-    (
-        "modulus",
-        "approve",
-        400,
-        {**MODULUS_ERR, "message": "Invoice not found.", "object": {"error_code": 5504}},
-        {},
-        Action.FAIL,
-        ErrorCode.NOT_FOUND,
-        "5504",
-    ),
-    (
-        "modulus",
-        "approve",
-        400,
-        {**MODULUS_ERR, "message": "Invoice already has this status.", "object": {"error_code": 5512}},
-        {},
-        Action.SUCCEED,
-        None,
-        None,
-    ),
-    (
-        "modulus",
-        "approve",
-        401,
-        {"result": False, "title": "Error", "message": "Invalid or expired token."},
-        {},
-        Action.REAUTH,
-        ErrorCode.AUTH_FAILED,
-        None,
-    ),
-    ("modulus", "approve", 500, MODULUS_ERR, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, "5505"),
+    ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}}, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5526"),
+    ("modulus", "cancel", 400, {"result": False, "title": "Error", "message": "The void date cannot be in the future."}, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, None),
+    ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Invoice not found.", "object": {"error_code": 5504}}, {}, Action.FAIL, ErrorCode.NOT_FOUND, "5504"),
+    ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Invoice already has this status.", "object": {"error_code": 5512}}, {}, Action.SUCCEED, None, None),
+    ("modulus", "approve", 401, {"result": False, "title": "Error", "message": "Invalid or expired token."}, {}, Action.REAUTH, ErrorCode.AUTH_FAILED, None),
+    # Documented: a 500 carrying a 55xx code refuses the change; a 500 without one is an outage.
+    ("modulus", "approve", 500, MODULUS_ERR, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5505"),
+    ("modulus", "approve", 500, {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}}, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5526"),
+    ("modulus", "approve", 500, {"result": False, "title": "Error", "message": "Internal server error.", "object": {"error_code": 5000}}, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, "5000"),
+    ("modulus", "approve", 500, {"result": False, "title": "Error", "message": "Internal server error."}, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None),
+    ("modulus", "approve", 500, "<html>Internal Server Error</html>", {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None),
     ("modulus", "approve", 429, None, {"Retry-After": "2"}, Action.RETRY, ErrorCode.RATE_LIMITED, None),
 ]
 
@@ -564,3 +526,179 @@ def test_credentials_are_secret_types():
     settings = VendorSettings.from_env("alfred", ("API_KEY", "API_SECRET"), FAKE_ENV)
     key = FAKE_ENV["ALFRED_API_KEY"]
     assert key not in repr(settings) and key not in str(settings)
+
+
+# -- Accounteer's refresh grant (RFC 6749 §6) ----------------------------------------------------
+
+GRANT_ENV = {
+    "ACCOUNTEER_BASE_URL": "https://accounteer.test/api",
+    "ACCOUNTEER_TOKEN_URL": "https://auth.accounteer.test/oauth/token",
+    "ACCOUNTEER_CLIENT_ID": "client-id-7f1a",
+    "ACCOUNTEER_CLIENT_SECRET": "client-secret-c9d2",
+    "ACCOUNTEER_REFRESH_TOKEN": "refresh-one-4e5b",
+}
+
+
+def token_answer(access="access-one-aaaa", refresh=None, expires_in=3600, **extra):
+    body = {"access_token": access, "token_type": "Bearer", "expires_in": expires_in, **extra}
+    if refresh:
+        body["refresh_token"] = refresh
+    return response(200, body)
+
+
+def test_accounteer_settings_take_either_way_in():
+    from connectors.vendors.accounteer import AccounteerConnector as A
+
+    grant = A.settings_from_env(GRANT_ENV)
+    assert grant.usable and grant.urls == {"TOKEN_URL": GRANT_ENV["ACCOUNTEER_TOKEN_URL"]}
+    assert A(grant).refreshes and "client-secret-c9d2" not in repr(grant)
+    lone = A.settings_from_env({"ACCOUNTEER_BASE_URL": "https://a.test", "ACCOUNTEER_ACCESS_TOKEN": "tok-123456"})
+    assert lone.usable and not A(lone).refreshes
+    partial = A.settings_from_env({**GRANT_ENV, "ACCOUNTEER_CLIENT_SECRET": "", "ACCOUNTEER_ACCESS_TOKEN": "tok-123456"})
+    assert not partial.usable and "ACCOUNTEER_CLIENT_SECRET not set" in partial.problems[0]  # a grant half set is a mistake
+    nothing = A.settings_from_env({"ACCOUNTEER_BASE_URL": "https://a.test"})
+    assert nothing.problems == ("no credentials: set ACCOUNTEER_TOKEN_URL, ACCOUNTEER_CLIENT_ID, ACCOUNTEER_CLIENT_SECRET, "
+                                "ACCOUNTEER_REFRESH_TOKEN or else ACCOUNTEER_ACCESS_TOKEN",)
+    insecure = A.settings_from_env({**GRANT_ENV, "ACCOUNTEER_TOKEN_URL": "http://auth.accounteer.test/token"})
+    assert insecure.problems[0].startswith("ACCOUNTEER_TOKEN_URL uses plain http")
+
+
+def test_refresh_grant_request_and_rotation():
+    import base64
+
+    rotated: list[tuple[str, str]] = []
+    settings = dataclasses.replace(connector("accounteer", GRANT_ENV).settings, save_credential=lambda n, v: rotated.append((n, v)))
+    auth = CONNECTORS["accounteer"](settings).make_auth()
+    sent: list[Request] = []
+    answers = [token_answer("access-one-aaaa", "refresh-two-5f6c"), token_answer("access-two-bbbb", "refresh-two-5f6c")]
+
+    def send(request):
+        sent.append(request)
+        return answers.pop(0)
+
+    applied = auth.apply(Request("POST", "/invoices/x"), send)
+    assert applied.headers == {"Authorization": "Bearer access-one-aaaa"}
+    token_request = sent[0]
+    assert (token_request.method, token_request.path) == ("POST", GRANT_ENV["ACCOUNTEER_TOKEN_URL"])
+    assert token_request.form == {"grant_type": "refresh_token", "refresh_token": "refresh-one-4e5b"}
+    basic = base64.b64encode(b"client-id-7f1a:client-secret-c9d2").decode()
+    assert token_request.headers["Authorization"] == f"Basic {basic}"
+    assert rotated == [("REFRESH_TOKEN", "refresh-two-5f6c")]  # saved back once
+    auth.invalidate(applied)  # refused: the next request fetches again, with the rotated refresh token
+    assert auth.apply(Request("POST", "/x"), send).headers["Authorization"] == "Bearer access-two-bbbb"
+    assert sent[1].form["refresh_token"] == "refresh-two-5f6c"
+    assert rotated == [("REFRESH_TOKEN", "refresh-two-5f6c")]  # not rotated again: nothing to save
+
+
+def test_an_access_token_is_renewed_before_it_expires():
+    from connectors.auth import SessionTokenAuth
+    from connectors.oauth import RefreshGrant
+    from pydantic import SecretStr
+
+    now = [0.0]
+    grant = RefreshGrant("https://t.test/token", SecretStr("id-1234"), SecretStr("secret-1234"), SecretStr("rt-1234"),
+                         vendor="accounteer")
+    answers = iter([token_answer("access-one-aaaa", expires_in=300), token_answer("access-two-bbbb", expires_in="300")])
+    auth = SessionTokenAuth(grant, lifetime=None, header="Authorization", template="Bearer {}", clock=lambda: now[0])
+    send = lambda request: next(answers)  # noqa: E731
+    assert auth.apply(Request("GET", "/x"), send).headers["Authorization"] == "Bearer access-one-aaaa"
+    now[0] = 269.0  # a tenth of a short life is the margin: renewed from 270 s on
+    assert auth.apply(Request("GET", "/x"), send).headers["Authorization"] == "Bearer access-one-aaaa"
+    now[0] = 270.0
+    assert auth.apply(Request("GET", "/x"), send).headers["Authorization"] == "Bearer access-two-bbbb"
+    assert auth.fetches == 2
+
+
+@pytest.mark.parametrize(
+    "answer, error",
+    [
+        (response(400, {"error": "invalid_grant", "error_description": "revoked"}), AuthRefused),
+        (response(401, {"error": "invalid_client"}), AuthRefused),
+        (response(404, "<html>no</html>"), AuthRefused),
+        (response(503, None), AuthUnavailable),
+        (response(429, {"error": "slow_down"}), AuthUnavailable),
+        (response(200, "<!DOCTYPE html><html>Sign in</html>", {"Content-Type": "text/html"}), AuthUnreadable),
+        (response(302, None, {"Location": "https://sso.test/login"}), AuthUnreadable),
+        (response(200, {"access_token": "mac-token-1234", "token_type": "mac"}), AuthUnreadable),
+    ],
+    ids=["invalid-grant", "invalid-client", "wrong-url", "unavailable", "throttled", "sign-in-page", "redirect", "not-bearer"],
+)
+def test_refresh_grant_failures(answer, error):
+    from connectors.auth import SessionTokenAuth
+
+    auth = connector("accounteer", GRANT_ENV).make_auth()
+    assert isinstance(auth, SessionTokenAuth)
+    with pytest.raises(error):
+        auth.apply(Request("POST", "/invoices/x"), lambda request: answer)
+
+
+def test_accounteer_401_renews_with_the_grant_but_stops_with_a_lone_token():
+    refused = response(401, {"error": "invalid_token", "error_description": "The access token expired"})
+    request = Request("POST", "/invoices/x", json={"invoice": {"status": "approved"}})
+    assert connector("accounteer", GRANT_ENV).classify(request, response=refused).action is Action.REAUTH
+    lone = {"ACCOUNTEER_BASE_URL": "https://a.test", "ACCOUNTEER_ACCESS_TOKEN": "tok-123456"}
+    assert connector("accounteer", lone).classify(request, response=refused).action is Action.STOP
+
+
+# -- preview reads: the invoice's state, and what sending would do -------------------------------
+
+ALFRED_READ = {"statusCode": 202, "message": "list invoice/transaction"}
+READS = [
+    # vendor, decision, status, body, would_change, vendor_state
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": {"estatus_invoice": "pending"}}, "yes", "pending"),
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": {"estatus_invoice": "approved"}}, "no", "approved"),
+    ("alfred", "cancel", 202, {**ALFRED_READ, "data": {"estatus_invoice": "cancelled"}}, "no", "cancelled"),
+    ("alfred", "cancel", 202, {**ALFRED_READ, "data": {"estatus_invoice": "approved"}}, "unknown", "approved"),
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": {"estatus_invoice": "completed"}}, "unknown", "completed"),
+    ("alfred", "approve", 202, {**ALFRED_READ, "data": True}, "unknown", None),
+    ("alfred", "approve", 404, {"statusCode": 404, "message": "Invoice not found"}, "not_found", None),
+    ("accounteer", "approve", 200, {"id": "b" * 40, "status": "draft", "total_amount": 221.10}, "yes", "draft"),
+    ("accounteer", "approve", 200, {"id": "b" * 40, "status": "approved"}, "no", "approved"),
+    ("accounteer", "approve", 200, {"id": "b" * 40, "status": "paid"}, "unknown", "paid"),
+    ("accounteer", "approve", 200, "<html>", "unknown", None),
+    ("accounteer", "approve", 404, {"error": "not_found"}, "not_found", None),
+    ("appzen", "approve", 200, {"invoice_status": "pending"}, "yes", "pending"),
+    ("appzen", "approve", 200, {"data": {"invoice_status": "Approved"}}, "no", "Approved"),
+    ("appzen", "cancel", 200, {"invoice_status": "approved"}, "yes", "approved"),
+    ("appzen", "approve", 200, None, "unknown", None),
+    ("appzen", "approve", 404, APPZEN_ERR, "not_found", None),
+]
+
+
+@pytest.mark.parametrize("vendor, decision, status, body, would_change, state", READS,
+                         ids=[f"{r[0]}-{r[1]}-{r[2]}-{i}" for i, r in enumerate(READS)])
+def test_read_state(vendor, decision, status, body, would_change, state):
+    c = connector(vendor)
+    d = Decision(1, {"alfred": "000123", "accounteer": "b" * 40, "appzen": "75823296-4af2-4475-aafd-461c60c284e7"}[vendor],
+                 vendor, decision, invoice_number="N-1")
+    verdict = c.classify_read(d, c.build_read(d), response=response(status, body))
+    assert (verdict.would_change, verdict.vendor_state) == (would_change, state)
+    assert verdict.message
+
+
+@pytest.mark.parametrize("status, action", [(401, Action.STOP), (429, Action.RETRY), (503, Action.RETRY), (422, Action.FAIL)])
+def test_a_read_answered_otherwise_reads_through_the_table(status, action):
+    c = connector("alfred")
+    d = Decision(1, "000123", "alfred", "approve")
+    verdict = c.classify_read(d, c.build_read(d), response=response(status, {"message": "no"}))
+    assert verdict.action is action and verdict.would_change is None
+
+
+def test_modulus_documents_no_read():
+    assert connector("modulus").build_read(Decision(1, "35", "modulus", "approve", invoice_number="N")) is None
+
+
+def test_a_refused_token_request_is_not_repeated_by_the_senders_waiting_for_it():
+    from connectors.auth import SessionTokenAuth
+
+    asked = []
+
+    def refused(send):
+        asked.append(1)
+        raise AuthRefused("token request answered HTTP 400: invalid_grant")
+
+    auth = SessionTokenAuth(refused, lifetime=None, header="Authorization", template="Bearer {}")
+    for _ in range(3):
+        with pytest.raises(AuthRefused, match="invalid_grant"):
+            auth.apply(Request("GET", "/x"), None)
+    assert len(asked) == 1

@@ -12,6 +12,7 @@ import pytest
 from connectors.registry import VENDORS as ALL_VENDORS
 from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
 from flows.orchestration.dispatch import CHUNKS_IN_FLIGHT_PER_VENDOR, lanes
+from flows.state.ledger import Ledger, ledger_url
 from tests.helpers import artifacts_of, seed_approvals
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
@@ -233,6 +234,88 @@ def test_false_success_is_a_failure(sandbox, tmp_path, capsys, vendor):
     assert sandbox.changes(vendor, rows[0]["invoice_id"]) == 0
 
 
+def test_every_vendor_pointed_at_a_sign_in_portal_succeeds_nowhere(sandbox, tmp_path, capsys, monkeypatch):
+    """Each base URL mistyped into a web portal that answers 200 with an HTML sign-in page."""
+    rows = seeded_rows(sandbox, 5)
+    for name, value in sandbox.env(portal=True).items():
+        monkeypatch.setenv(name, value)
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    assert code == EXIT_ROWS_NOT_DONE
+    assert len(results) == 20 and set(results["vendor"]) == set(ALL_VENDORS)
+    assert (results["outcome"] == "failed").all() and (results["error_code"] == "BAD_RESPONSE").all()
+    assert sandbox.portal_requests()  # the portal answered, not the vendors' APIs
+    assert not any(sandbox.request_log(vendor) for vendor in ALL_VENDORS)
+    modulus = results[results["vendor"] == "modulus"]
+    # Its token request read a sign-in page: the vendor stopped before any invoice was sent.
+    assert [p for _, _, p in sandbox.portal_requests() if "/modulus/" in p] == ["/portal/modulus/api/cmn/Authenticate"]
+    assert modulus["error_message"].str.contains("without modulus' JSON").all()
+
+
+def test_modulus_500_with_an_invoicing_code_is_a_refusal_not_an_outage(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 2, vendors=("modulus",))
+    refused, outage = rows[0]["invoice_id"], rows[1]["invoice_id"]
+    sandbox.inject("modulus", "refusal_500", invoice_id=refused)  # 500 {"object": {"error_code": 5505}}
+    sandbox.inject("modulus", "500", invoice_id=outage)  # 500 without an invoicing code
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out").set_index("invoice_id")
+    assert code == EXIT_ROWS_NOT_DONE
+    row = results.loc[refused]
+    assert (row.outcome, row.error_code, row.vendor_error_code, row.attempts) == ("failed", "VENDOR_REJECTED", "5505", 1)
+    assert (results.loc[outage, "outcome"], results.loc[outage, "attempts"]) == ("succeeded", 2)  # retried
+    assert sandbox.changes("modulus", refused) == 0
+
+
+def use_refresh_grant(sandbox, monkeypatch) -> None:
+    """Accounteer through the OAuth refresh grant instead of its long-lived access token."""
+    monkeypatch.delenv("ACCOUNTEER_ACCESS_TOKEN")
+    for name, value in sandbox.env(refresh_grant=True).items():
+        monkeypatch.setenv(name, value)
+
+
+def grants(sandbox) -> int:
+    return len([p for _, _, p in sandbox.request_log("accounteer") if p.endswith("/oauth/token")])
+
+
+def test_an_accounteer_token_refused_mid_run_is_renewed_by_the_refresh_grant(sandbox, tmp_path, capsys, monkeypatch):
+    use_refresh_grant(sandbox, monkeypatch)
+    rows = seeded_rows(sandbox, 8, vendors=("accounteer",))
+    sandbox.inject("accounteer", "expire_token", invoice_id=rows[4]["invoice_id"])  # its access token expires now
+    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out").set_index("invoice_id")
+    assert code == EXIT_OK and (results["outcome"] == "succeeded").all()
+    assert results.loc[rows[4]["invoice_id"], "attempts"] == 2  # refused once (401), renewed, sent again
+    assert grants(sandbox) == 2  # one at the start, one after the refusal
+    assert all(sandbox.changes("accounteer", r["invoice_id"]) == 1 for r in rows)
+
+
+def test_an_accounteer_token_is_renewed_when_it_expires(sandbox, tmp_path, capsys, monkeypatch):
+    use_refresh_grant(sandbox, monkeypatch)
+    monkeypatch.setattr(sandbox, "oauth_token_lifetime", 1.0)  # expires_in: 1 s
+    monkeypatch.setenv("ACCOUNTEER_RATE_LIMIT", "10")  # 25 rows: 2.5 s, longer than two token lifetimes
+    rows = seeded_rows(sandbox, 25, vendors=("accounteer",))
+    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == EXIT_OK and (results_of(tmp_path / "out")["outcome"] == "succeeded").all()
+    assert grants(sandbox) >= 3  # renewed ahead of expires_in, again and again
+
+
+def test_a_refused_refresh_token_stops_accounteer(sandbox, tmp_path, capsys, monkeypatch):
+    use_refresh_grant(sandbox, monkeypatch)
+    monkeypatch.setenv("ACCOUNTEER_REFRESH_TOKEN", "sandbox-accounteer-refresh-revoked-0000")
+    rows = seeded_rows(sandbox, 10, vendors=("accounteer", "alfred"))
+    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    results = results_of(tmp_path / "out")
+    accounteer = results[results["vendor"] == "accounteer"]
+    assert code == EXIT_ROWS_NOT_DONE
+    assert (accounteer["outcome"] == "failed").all() and (accounteer["error_code"] == "AUTH_FAILED").all()
+    assert accounteer["error_message"].str.contains("invalid_grant").all()
+    assert not [p for _, _, p in sandbox.request_log("accounteer") if "/invoices/" in p]  # no invoice was sent
+    assert grants(sandbox) == 1  # refused once: the vendor stopped, no sender asked again
+    assert (results[results["vendor"] == "alfred"]["outcome"] == "succeeded").all()  # the others go on
+
+
 def test_expired_modulus_token_is_renewed(sandbox, tmp_path, capsys):
     rows = seeded_rows(sandbox, 6, vendors=("modulus",))
     sandbox.inject("modulus", "expire_token", times=1, invoice_id=rows[3]["invoice_id"])
@@ -286,6 +369,56 @@ def test_dry_run_sends_nothing(sandbox, tmp_path, capsys):
     assert code == EXIT_ROWS_NOT_DONE  # the sample has rejected rows
     assert all(sandbox.request_log(v) == [] for v in ALL_VENDORS)
     assert results.loc[results["row_number"] == 1, "error_message"].item() == "dry run: would be sent"
+
+
+def test_a_preview_asks_the_vendors_and_changes_nothing(sandbox, tmp_path, capsys, state_dir, monkeypatch):
+    """`--dry-run --check-vendors` the day before month end: what would change, what is done, what is unknown."""
+    use_refresh_grant(sandbox, monkeypatch)  # reads go through the same auth: Accounteer's token fetched too
+    rows = seeded_rows(sandbox, 2, vendors=("alfred", "accounteer", "appzen"))  # pending/draft: would change
+    done = seed_approvals(sandbox, "alfred", [7], status="approved") + seed_approvals(sandbox, "accounteer", [7], status="approved")
+    done += seed_approvals(sandbox, "appzen", [7], status="Approved")
+    missing = [{"invoice_id": "A99999", "vendor": "alfred", "decision": "approve"}]  # alfred does not know it
+    modulus = seeded_rows(sandbox, 1, vendors=("modulus",))  # modulus documents no read
+    path = write_decisions(tmp_path / "f.csv", rows + done + missing + modulus)
+    code, out, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--check-vendors", "--no-progress"], capsys)
+    results = results_of(tmp_path / "out").set_index("invoice_id")
+
+    assert code == EXIT_OK and (results["outcome"] == "skipped").all() and (results["attempts"] == 0).all()
+    assert results.loc[[r["invoice_id"] for r in rows], "would_change"].eq("yes").all()
+    assert results.loc[[r["invoice_id"] for r in done], "would_change"].eq("no").all()
+    assert results.loc["A99999", "would_change"] == "not_found" and results.loc["A99999", "http_status"] == 404
+    assert results.loc[modulus[0]["invoice_id"], "would_change"] == "unknown"
+    assert results.loc[rows[0]["invoice_id"], "vendor_state"] == "pending"
+    assert results.loc[done[1]["invoice_id"], "vendor_state"] == "approved"
+    assert results.loc["A99999", "error_message"].startswith("dry run: would be sent; HTTP 404")
+    appzen = results[results["vendor"] == "appzen"]
+    assert appzen["vendor_reference"].notna().all()  # the reads' x-correlation-id
+    line = "would change 6, already done 3, not found 1, unknown 1"
+    assert f"the vendors say: {line}" in out
+    # Nothing was written anywhere: no change at any vendor, reads only, and the ledger holds nothing.
+    seeded = rows + done + modulus
+    assert all(sandbox.changes(r["vendor"], r["invoice_id"]) == 0 for r in seeded)
+    for vendor in ALL_VENDORS:
+        assert {m for _, m, p in sandbox.request_log(vendor) if not p.endswith("/oauth/token")} <= {"GET"}
+    assert sandbox.request_log("modulus") == []
+    ledger = Ledger(ledger_url({"INVOICE_SYNC_STATE_DIR": str(state_dir)}))
+    try:
+        assert ledger.lookup(ALL_VENDORS).empty
+    finally:
+        ledger.close()
+    artifacts = artifacts_of(results["run_id"].iloc[0])
+    markdown = next(a for a in artifacts if a.key == "invoice-sync-run")
+    assert f"the vendors say: {line}" in markdown.data
+    table = next(a for a in artifacts if a.key == "invoice-sync-outcomes")
+    assert "would change 2, already done 1, not found 1, unknown 0" in str(table.data)  # alfred's row
+
+
+def test_check_vendors_is_only_a_preview(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 1, vendors=("alfred",))
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, err = run(["run", str(path), "--out", str(tmp_path / "out"), "--check-vendors"], capsys)
+    assert code == EXIT_UNUSABLE and "--dry-run" in err
+    assert sandbox.request_log("alfred") == [] and not (tmp_path / "out").exists()
 
 
 def test_vendor_filter(sandbox, tmp_path, capsys):

@@ -14,7 +14,14 @@ import pytest
 
 from flows.cli.main import SAMPLE_FILE, SAMPLE_SANDBOX_SEED
 from flows.orchestration import inbox as ib
-from flows.orchestration.secrets import block_name, push_secrets, read_secret_blocks, setting_names, settings_environ
+from flows.orchestration.secrets import (
+    block_name,
+    credential_saver,
+    push_secrets,
+    read_secret_blocks,
+    setting_names,
+    settings_environ,
+)
 from flows.state import inbox_folder
 from tests.helpers import artifacts_of
 
@@ -277,9 +284,49 @@ def test_validation_report_is_standalone_html(tmp_path):
 def test_setting_and_block_names():
     names = setting_names()
     assert names[:3] == ["ALFRED_BASE_URL", "ALFRED_API_KEY", "ALFRED_API_SECRET"]
-    assert "MODULUS_SECRET" in names and "APPZEN_CUSTOMER_ID" in names and len(names) == 12
+    assert "MODULUS_SECRET" in names and "APPZEN_CUSTOMER_ID" in names and len(names) == 16
     assert block_name("ALFRED_API_KEY") == "alfred-api-key"
-    assert setting_names(["accounteer"]) == ["ACCOUNTEER_BASE_URL", "ACCOUNTEER_ACCESS_TOKEN"]
+    assert setting_names(["accounteer"]) == [
+        "ACCOUNTEER_BASE_URL", "ACCOUNTEER_TOKEN_URL", "ACCOUNTEER_ACCESS_TOKEN",
+        "ACCOUNTEER_CLIENT_ID", "ACCOUNTEER_CLIENT_SECRET", "ACCOUNTEER_REFRESH_TOKEN",
+    ]
+
+
+class ListLog:
+    """A logger stand-in that keeps (level, text) of every record."""
+
+    def __init__(self):
+        self.records: list[tuple[str, str]] = []
+
+    def __getattr__(self, level):
+        return lambda message, *args: self.records.append((level, message % args))
+
+
+def test_a_replaced_credential_goes_back_where_it_came_from():
+    saved: list[tuple[str, str]] = []
+    log = ListLog()
+    from_block = credential_saver("accounteer", {"ACCOUNTEER_REFRESH_TOKEN"}, log=log, save_block=lambda n, v: saved.append((n, v)))
+    from_block("REFRESH_TOKEN", "rotated-1-abcdef")
+    from_block("REFRESH_TOKEN", "rotated-2-abcdef")
+    assert saved == [("accounteer-refresh-token", "rotated-1-abcdef"), ("accounteer-refresh-token", "rotated-2-abcdef")]
+    assert [level for level, _ in log.records] == ["info", "info"]
+
+    log = ListLog()
+    from_env = credential_saver("accounteer", set(), log=log, save_block=lambda n, v: pytest.fail("not a block"))
+    for value in ("rotated-1-abcdef", "rotated-2-abcdef", "rotated-3-abcdef"):
+        from_env("REFRESH_TOKEN", value)
+    ((level, text),) = log.records  # said once, never the value
+    assert level == "warning" and "ACCOUNTEER_REFRESH_TOKEN" in text and "must be updated" in text
+    assert "rotated-" not in text
+
+    log = ListLog()
+
+    def broken(name, value):
+        raise ConnectionError("Prefect API unreachable")
+
+    credential_saver("accounteer", {"ACCOUNTEER_REFRESH_TOKEN"}, log=log, save_block=broken)("REFRESH_TOKEN", "rotated-9-abcdef")
+    ((level, text),) = log.records
+    assert level == "error" and "accounteer-refresh-token" in text and "rotated-" not in text
 
 
 def test_environment_wins_and_blocks_fill_the_gaps_without_an_api():
@@ -477,6 +524,34 @@ def test_process_inbox_all_good_is_completed_with_settings_from_secret_blocks(
     results = pd.read_parquet(next(layout.results.iterdir()) / "results.parquet")
     assert (results["outcome"] == "succeeded").all() and (results["attempts"] == 1).all()
     assert len(sandbox.request_log("alfred")) == 4
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_a_rotated_refresh_token_is_saved_back_to_its_secret_block(sandbox, tmp_path, monkeypatch, secret_blocks):
+    """Accounteer rotates the refresh token at every grant and the old one stops working: the
+    second file of the run only goes through if the first file's rotation reached the block."""
+    from prefect.blocks.system import Secret
+
+    from tests.helpers import seed_approvals
+
+    layout = inbox_folder.InboxLayout.of(tmp_path / "inbox")
+    for name, indices in (("a.csv", range(3)), ("b.csv", range(3, 6))):
+        pd.DataFrame(seed_approvals(sandbox, "accounteer", indices)).to_csv(drop(layout.inbox, name, b""), index=False)
+        old(layout.inbox / name)
+    push_secrets(["accounteer"], sandbox.env(refresh_grant=True))
+    for name in setting_names():
+        monkeypatch.delenv(name, raising=False)
+    initial = Secret.load("accounteer-refresh-token").get()
+
+    state = ib.process_inbox(str(layout.inbox), settle_seconds=0, vendors=["accounteer"], return_state=True)
+
+    assert state.is_completed(), state.message
+    assert state.message == "a.csv: processed (3 succeeded); b.csv: processed (3 succeeded)"
+    saved = Secret.load("accounteer-refresh-token").get()
+    assert saved != initial and sandbox.refresh_token_valid(saved) and not sandbox.refresh_token_valid(initial)
+    grants = [p for _, m, p in sandbox.request_log("accounteer") if p.endswith("/oauth/token")]
+    assert len(grants) == 2  # one access token per file's run, each with the refresh token saved before it
 
 
 @pytest.mark.e2e

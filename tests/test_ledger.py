@@ -25,8 +25,8 @@ from tests.helpers import missing, seed_approvals
 NOW = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)
 
 
-def result(row, outcome, code=None, attempts=1, status=200):
-    return RowResult(row, outcome, status, code, None, "msg", attempts, NOW)
+def result(row, outcome, code=None, attempts=1, status=200, reference=None):
+    return RowResult(row, outcome, status, code, None, "msg", attempts, NOW, reference)
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -37,12 +37,13 @@ def exercise_store(ledger: Ledger) -> None:
     d2 = Decision(2, "000124", "alfred", "cancel")
     d3 = Decision(3, "000125", "alfred", "approve")
     d4 = Decision(4, "000126", "alfred", "approve")
-    ledger.record(d1, result(1, Outcome.SUCCEEDED), "run-1")
+    ledger.record(d1, result(1, Outcome.SUCCEEDED, reference="corr-0001"), "run-1")
     ledger.record(d2, result(2, Outcome.FAILED, ErrorCode.NOT_FOUND, status=404), "run-1")
     ledger.record(d3, result(3, Outcome.FAILED, ErrorCode.RETRIES_EXHAUSTED, attempts=5, status=503), "run-1")
     ledger.record(d4, result(4, Outcome.FAILED, ErrorCode.AUTH_FAILED, attempts=0, status=None), "run-1")  # never sent
     rows = ledger.lookup(["alfred"]).set_index("invoice_id")
     assert rows.loc["000123", "state"] == "succeeded" and rows.loc["000123", "payload"] == "approve||"
+    assert rows.loc["000123", "vendor_reference"] == "corr-0001" and pd.isna(rows.loc["000124", "vendor_reference"])
     assert rows.loc["000124", "state"] == "failed_permanent"
     assert rows.loc["000125", "state"] == "failed_transient"
     assert "000126" not in rows.index  # attempts 0: nothing was sent, nothing to remember
@@ -59,6 +60,45 @@ def test_sqlite_store(tmp_path):
         exercise_store(ledger)
     finally:
         ledger.close()
+
+
+# The table as the first release created it, before `vendor_reference`.
+OLD_TABLE = """CREATE TABLE decision_ledger (
+    vendor VARCHAR(32) NOT NULL, invoice_id VARCHAR(256) NOT NULL, payload TEXT NOT NULL,
+    state VARCHAR(32) NOT NULL, http_status INTEGER, error_code VARCHAR(32), vendor_error_code VARCHAR(64),
+    error_message TEXT, attempts INTEGER NOT NULL, run_id VARCHAR(64) NOT NULL, updated_at {stamp} NOT NULL,
+    PRIMARY KEY (vendor, invoice_id))"""
+OLD_ROW = ("INSERT INTO decision_ledger VALUES ('alfred', '000777', 'approve||', 'succeeded', 202, NULL, NULL, '', 1, "
+           "'run-old', '2026-10-31 18:00:00')")
+
+
+def exercise_upgrade(url: str, stamp: str, openers: int = 1) -> None:
+    """A ledger created before `vendor_reference` keeps its rows and gains the column (several openers at once)."""
+    import sqlalchemy as sa
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS decision_ledger")
+        conn.exec_driver_sql(OLD_TABLE.format(stamp=stamp))
+        conn.exec_driver_sql(OLD_ROW)
+    engine.dispose()
+    with ThreadPoolExecutor(openers) as pool:  # several workers opening one old ledger at the same moment
+        ledgers = list(pool.map(lambda _: Ledger(url), range(openers)))
+    try:
+        ledger = ledgers[0]
+        old = ledger.lookup(["alfred"]).set_index("invoice_id").loc["000777"]
+        assert (old["state"], old["run_id"]) == ("succeeded", "run-old") and pd.isna(old["vendor_reference"])
+        ledger.record(Decision(1, "000778", "alfred", "approve"), result(1, Outcome.SUCCEEDED, reference="req-42"), "run-new")
+        rows = ledger.lookup(["alfred"]).set_index("invoice_id")
+        assert rows.loc["000778", "vendor_reference"] == "req-42" and len(rows) == 2
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
+def test_a_sqlite_ledger_from_before_vendor_reference_keeps_working(tmp_path):
+    exercise_upgrade(f"sqlite:///{tmp_path / 'old.sqlite'}", "DATETIME", openers=3)
 
 
 def test_concurrent_answers_share_commits_and_all_are_durable(tmp_path):
@@ -147,6 +187,34 @@ def test_rerun_sends_only_what_is_not_done(sandbox, tmp_path, capsys, monkeypatc
     assert len(changing_requests(sandbox, "alfred")) == sent_before + 2
     for row in rows[:6]:
         assert sandbox.changes("alfred", row["invoice_id"]) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_the_vendors_reference_is_in_the_results_and_the_ledger_and_on_reruns(sandbox, tmp_path, capsys, state_dir):
+    rows = [row for v in ("appzen", "alfred") for row in seed_approvals(sandbox, v, range(3))]
+    rows.append({"invoice_id": "00000000-0000-4000-8000-00000000ffff", "vendor": "appzen", "decision": "approve",
+                 "invoice_number": "N-x"})  # unknown to AppZen: its 404 is named too
+    path = tmp_path / "d.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_ROWS_NOT_DONE
+    first = pd.read_parquet(tmp_path / "r1" / "results.parquet").set_index("invoice_id")
+    appzen, alfred = first[first["vendor"] == "appzen"], first[first["vendor"] == "alfred"]
+    assert appzen["vendor_reference"].str.fullmatch(r"[0-9a-f-]{36}").all()  # x-correlation-id, every answer
+    assert appzen["vendor_reference"].is_unique
+    assert alfred["vendor_reference"].isna().all()  # the simulated alfred names no answer: none invented
+    ledger = Ledger(ledger_url({"INVOICE_SYNC_STATE_DIR": str(state_dir)}))
+    try:
+        kept = ledger.lookup(["appzen"]).set_index("invoice_id")["vendor_reference"]
+    finally:
+        ledger.close()
+    assert kept.to_dict() == appzen["vendor_reference"].to_dict()
+    # A rerun names the answer its outcome comes from: the earlier success, the earlier refusal.
+    assert run(["run", str(path), "--out", str(tmp_path / "r2")], capsys) == EXIT_ROWS_NOT_DONE
+    second = pd.read_parquet(tmp_path / "r2" / "results.parquet").set_index("invoice_id")
+    assert set(second.loc[appzen.index, "error_code"]) == {"ALREADY_DONE", "NOT_FOUND"}
+    assert second.loc[appzen.index, "vendor_reference"].to_dict() == appzen["vendor_reference"].to_dict()
+    assert (second.loc[appzen.index, "attempts"] == 0).all()
 
 
 @pytest.mark.e2e
@@ -310,6 +378,10 @@ def test_postgres_store(postgres_url):
         assert "postgresql" in ledger.describe()
     finally:
         ledger.close()
+
+
+def test_a_postgres_ledger_from_before_vendor_reference_keeps_working(postgres_url):
+    exercise_upgrade(postgres_url, "TIMESTAMP WITH TIME ZONE", openers=4)
 
 
 @pytest.mark.e2e

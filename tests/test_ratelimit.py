@@ -45,7 +45,7 @@ def sandbox_server():
 def make_client(vendor: str = "alfred") -> VendorClient:
     """A client as the flow builds it: a shared limit, if set, is read from the Prefect API."""
     cls = CONNECTORS[vendor]
-    settings = VendorSettings.from_env(vendor, cls.credential_names)
+    settings = cls.settings_from_env()
     return VendorClient(cls(settings), limiter=limiter_for(settings, PREFECT_GLOBAL_LIMIT))
 
 

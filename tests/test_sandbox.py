@@ -179,9 +179,23 @@ def test_stop_releases_the_port_and_cuts_keep_alive_connections(http: requests.S
         sb.url  # noqa: B018  reading the property is the test
 
 
+def test_portal_answers_a_sign_in_page_to_anything(http: requests.Session, sandbox: Sandbox) -> None:
+    assert sandbox.env(portal=True)["ALFRED_BASE_URL"] == f"{sandbox.url}/portal/alfred/api/v1/third-party-service"
+    sandbox.seed("alfred", "A1")
+    base = sandbox.portal_url("alfred")
+    for method in ("GET", "PUT", "POST", "PATCH"):
+        r = http.request(method, f"{base}/invoice/A1", json={"status": "approved"}, headers=ALFRED_HEADERS)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+        assert "<title>Sign in</title>" in r.text
+    assert [(m, p) for _, m, p in sandbox.portal_requests()][0] == ("GET", "/portal/alfred/api/v1/third-party-service/invoice/A1")
+    assert sandbox.request_log("alfred") == [] and sandbox.changes("alfred", "A1") == 0
+    sandbox.reset()
+    assert sandbox.portal_requests() == []
+
+
 def test_unknown_path(http: requests.Session, sandbox: Sandbox) -> None:
     assert http.get(f"{sandbox.url}/nobody/x").status_code == 404
-    r = http.get(f"{sandbox.base_url('alfred')}/invoice/1")  # wrong method
+    r = http.delete(f"{sandbox.base_url('alfred')}/invoice/1")  # wrong method
     assert r.status_code == 404 and r.json()["statusCode"] == 404
 
 
@@ -286,6 +300,62 @@ def test_accounteer_refusals(http: requests.Session, sandbox: Sandbox) -> None:
         r = accounteer(http, sandbox, ACC_ID, body=body)
         assert r.status_code == 422 and r.json() == {"errors": {"status": ["is not a valid status"]}}
     assert sandbox.state("accounteer", ACC_ID) == "draft" and sandbox.changes("accounteer", ACC_ID) == 0
+
+
+def refresh(http, sb, refresh_token, auth=(C["ACCOUNTEER_CLIENT_ID"], C["ACCOUNTEER_CLIENT_SECRET"]), **form):
+    token_url = sb.env(refresh_grant=True)["ACCOUNTEER_TOKEN_URL"]
+    return http.post(token_url, auth=auth, data={"grant_type": "refresh_token", "refresh_token": refresh_token, **form})
+
+
+def test_accounteer_refresh_grant_rotates_and_expires(http: requests.Session, sandbox: Sandbox) -> None:
+    env = sandbox.env(refresh_grant=True)
+    assert "ACCOUNTEER_ACCESS_TOKEN" not in env and env["ACCOUNTEER_TOKEN_URL"] == f"{sandbox.url}/accounteer/oauth/token"
+    assert {"ACCOUNTEER_CLIENT_ID", "ACCOUNTEER_CLIENT_SECRET", "ACCOUNTEER_REFRESH_TOKEN"} <= set(env)
+    sandbox.seed("accounteer", ACC_ID)
+    first = refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"])
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-store"
+    grant = first.json()
+    assert (grant["token_type"], grant["expires_in"]) == ("Bearer", 3600)
+    assert grant["refresh_token"] != env["ACCOUNTEER_REFRESH_TOKEN"]  # rotated
+    bearer = {"Authorization": f"Bearer {grant['access_token']}"}
+    assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}", headers=bearer).json()["status"] == "draft"
+    assert accounteer(http, sandbox, ACC_ID, headers=bearer).status_code == 200
+    # The old refresh token stopped working; the new one works (client auth in the form, too).
+    again = refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    form_auth = {"client_id": C["ACCOUNTEER_CLIENT_ID"], "client_secret": C["ACCOUNTEER_CLIENT_SECRET"]}
+    assert refresh(http, sandbox, grant["refresh_token"], auth=None, **form_auth).status_code == 200
+    assert refresh(http, sandbox, "whatever", auth=("someone", "else")).json()["error"] == "invalid_client"
+    sandbox.expire_tokens()
+    expired = accounteer(http, sandbox, ACC_ID, headers=bearer)
+    assert expired.status_code == 401 and expired.json()["error_description"] == "The access token expired"
+    assert set(sandbox.issued_tokens()) >= {grant["access_token"], grant["refresh_token"]}
+    sandbox.reset()  # the initial refresh token works again; issued tokens are forgotten
+    assert sandbox.issued_tokens() == [] and refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"]).status_code == 200
+
+
+def test_alfred_and_appzen_reads(http: requests.Session, sandbox: Sandbox) -> None:
+    sandbox.seed("alfred", "A1", status="approved")
+    r = http.get(f"{sandbox.base_url('alfred')}/invoice/A1", headers=ALFRED_HEADERS)
+    assert r.status_code == 202  # documented: the read answers 202 too
+    assert r.json()["message"] == "list invoice/transaction" and r.json()["data"]["estatus_invoice"] == "approved"
+    assert http.get(f"{sandbox.base_url('alfred')}/invoice/A2", headers=ALFRED_HEADERS).status_code == 404
+    assert http.get(f"{sandbox.base_url('alfred')}/invoice/A1").status_code == 401
+    sandbox.seed("appzen", UUID, invoice_number="ERP-1")
+    r = http.get(f"{sandbox.base_url('appzen')}/invoice/{UUID}", headers=APPZEN_HEADERS)
+    assert r.status_code == 200 and r.json()["invoice_status"] == "pending" and r.headers["x-correlation-id"]
+    assert_appzen_error(http.get(f"{sandbox.base_url('appzen')}/invoice/{UUID[:-1]}0", headers=APPZEN_HEADERS), 404)
+    assert_appzen_error(http.get(f"{sandbox.base_url('appzen')}/invoice/{UUID}"), 401)
+    assert sandbox.changes("alfred", "A1") == sandbox.changes("appzen", UUID) == 0
+
+
+def test_accounteer_read(http: requests.Session, sandbox: Sandbox) -> None:
+    sandbox.seed("accounteer", ACC_ID, status="approved")
+    r = http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}", headers=ACCOUNTEER_HEADERS)
+    assert r.status_code == 200 and r.json()["status"] == "approved" and r.headers["X-Request-Id"]
+    assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{'f' * 40}", headers=ACCOUNTEER_HEADERS).status_code == 404
+    assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}").status_code == 401
+    assert sandbox.changes("accounteer", ACC_ID) == 0
 
 
 # -- appzen -------------------------------------------------------------------------------------
@@ -695,6 +765,18 @@ def test_false_success(http: requests.Session, sandbox: Sandbox) -> None:
     assert r.json() == {"result": False, "title": "Error", "message": "Something went wrong"}
     for vendor in ("alfred", "accounteer", "modulus"):
         assert sandbox.changes(vendor, "F1") == 0
+
+
+def test_refusal_500(http: requests.Session, sandbox: Sandbox) -> None:
+    sandbox.seed("modulus", "35")
+    sandbox.inject("modulus", "refusal_500")
+    r = modulus(http, sandbox, modulus_token(http, sandbox))
+    assert modulus_error(r) == (500, "Invalid status", 5505)  # documented: 500 with a 55xx code
+    assert sandbox.changes("modulus", "35") == 0
+    assert modulus(http, sandbox, modulus_token(http, sandbox)).status_code == 200
+    for vendor in ("alfred", "accounteer", "appzen"):  # only modulus documents that shape
+        with pytest.raises(ValueError):
+            sandbox.inject(vendor, "refusal_500")
 
 
 def test_fault_targets_one_invoice(http: requests.Session, sandbox: Sandbox) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from connectors.redact import RedactingFilter, redact, register_secret
 from flows.cli.main import main
+from sandbox import Sandbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
@@ -117,7 +118,12 @@ def test_no_credential_or_token_appears_anywhere(sandbox, tmp_path, capfd, state
     sandbox.inject("appzen", "drop_after", times=1)
     sandbox.inject("accounteer", "slow", times=1, delay=3)
     monkeypatch.setenv("ACCOUNTEER_TIMEOUT", "2")  # the 3 s slow answer times out: a timeout message too
+    sandbox.inject("accounteer", "expire_token", times=1)  # its access token refused mid-run: renewed
     monkeypatch.setenv("APPZEN_CUSTOMER_KEY", "planted-wrong-customer-key-8181")  # refused: AUTH_FAILED messages
+    # Accounteer through the OAuth refresh grant: access and rotated refresh tokens to leak, too.
+    monkeypatch.delenv("ACCOUNTEER_ACCESS_TOKEN")
+    for name, value in sandbox.env(refresh_grant=True).items():
+        monkeypatch.setenv(name, value)
 
     # A handler of the user's own, at DEBUG: urllib3 logs every request line, modulus' ?token= included,
     # so the scan below has URL tokens to check (the run's own outputs carry none).
@@ -138,13 +144,19 @@ def test_no_credential_or_token_appears_anywhere(sandbox, tmp_path, capfd, state
     results = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert (results.loc[results["vendor"] == "appzen", "error_code"] == "AUTH_FAILED").all()
 
-    secrets = [v for k, v in sandbox.env().items() if not k.endswith("BASE_URL")]
-    secrets += ["planted-wrong-customer-key-8181", *sandbox.issued_tokens()]
-    assert len(sandbox.issued_tokens()) >= 2  # the token really was renewed mid-run
+    assert (results.loc[results["vendor"] == "accounteer", "outcome"] == "succeeded").all()
+    secrets = [v for k, v in sandbox.env(refresh_grant=True).items() if not k.endswith("_URL")]
+    secrets += [*Sandbox.CREDENTIALS.values(), "planted-wrong-customer-key-8181", *sandbox.issued_tokens()]
+    issued = sandbox.issued_tokens()
+    assert len([t for t in issued if t.startswith("sandbox-accounteer-refresh-")]) >= 2  # rotated at every grant
+    assert len(issued) >= 6  # modulus and Accounteer tokens really were renewed mid-run
     texts = [fd.out, fd.err, wire_log.read_text(encoding="utf-8")]
     texts += [p.read_bytes().decode("utf-8", "replace") for p in (tmp_path / "out").iterdir()]
     texts += [p.read_bytes().decode("utf-8", "replace") for p in Path(state_dir).rglob("*") if p.is_file()]
-    texts += asyncio.run(_flow_run_texts(results["run_id"].unique().tolist()))
+    run_texts = asyncio.run(_flow_run_texts(results["run_id"].unique().tolist()))
+    # The rotated refresh token came from the environment: the log says once that it must be updated.
+    assert len([t for t in run_texts if "ACCOUNTEER_REFRESH_TOKEN during this run" in t]) == 1
+    texts += run_texts
     everything = "\n".join(texts)
     leaked = [s for s in secrets if s in everything]
     assert not leaked, f"credentials found in outputs: {len(leaked)}"

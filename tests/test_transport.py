@@ -258,8 +258,8 @@ def test_a_row_whose_retry_is_cut_short_by_a_stop_says_so():
     c, http, _ = client_for("alfred", [(503, None)])
     original = c._attempt
 
-    def first_answer_then_another_row_is_refused(request):
-        attempt = original(request)
+    def first_answer_then_another_row_is_refused(request, *how):
+        attempt = original(request, *how)
         # between this row's 503 and its retry decision, another row finds the credentials refused
         c._stop(decision(7), c.connector.classify(request, response=response(401, {"message": "Unauthorized"})))
         return attempt
@@ -444,3 +444,29 @@ def test_https_with_an_untrusted_certificate_fails_the_row_and_sends_nothing(tmp
     assert "certificate" in str(raised.value).lower()
     verdict = connector("alfred").classify(Request("PUT", "/invoice/1"), error=raised.value)
     assert (verdict.action, verdict.error_code) == (Action.FAIL, ErrorCode.BAD_RESPONSE)  # not retried
+
+
+def test_every_token_request_takes_a_rate_limit_slot():
+    """Accounteer's refresh grant: the token request goes through the same paced transport."""
+    from tests.test_connectors import GRANT_ENV, token_answer
+
+    class CountingLimiter(RateLimiter):
+        def __init__(self):
+            super().__init__(None)
+            self.slots = 0
+
+        def acquire(self):
+            self.slots += 1
+            return super().acquire()
+
+    http = ScriptedHttp([(200, json.loads(token_answer().content)),
+                         (401, {"error": "invalid_token", "error_description": "The access token expired"}),
+                         (200, json.loads(token_answer("access-two-bbbb").content)),
+                         (200, {"id": "b" * 40, "status": "approved"})])
+    limiter = CountingLimiter()
+    c = VendorClient(connector("accounteer", GRANT_ENV), http=http, limiter=limiter, sleep=lambda s: None)
+    result = c.send(decision(vendor="accounteer", invoice_id="b" * 40))
+    assert (result.outcome, result.attempts) == (Outcome.SUCCEEDED, 2)
+    assert [url for _, url, _ in http.calls].count(GRANT_ENV["ACCOUNTEER_TOKEN_URL"]) == 2
+    assert limiter.slots == len(http.calls) == 4  # two token requests, two sends: a slot each
+    assert http.calls[3][2]["headers"]["Authorization"] == "Bearer access-two-bbbb"

@@ -5,6 +5,9 @@ A `VendorClient` wraps one connector for one run. It turns each `Decision` into 
 (exponential with jitter, `Retry-After` honoured up to a cap), a permanent one fails the row,
 and refused credentials stop the vendor so that its remaining rows are not sent at all.
 Retries happen here only: the Prefect tasks above never retry a chunk.
+
+A preview (`check`, `check_many`) reads each decision's invoice the same way (auth, limiter,
+retries, stop) and turns it into one `VendorCheck`; it never sends a decision.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from functools import partial
+from typing import TypeVar, cast
 
 from tenacity import Future, RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 from tenacity.nap import sleep as tenacity_sleep  # Retrying's own default
@@ -26,8 +30,12 @@ from connectors.reading import Action, Verdict
 from connectors.redact import redact
 from connectors.sending.http import Http
 from connectors.sending.ratelimit import GlobalRateLimiter, RateLimiter, limiter_for
-from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
-from connectors.wire import Request, Response
+from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
+from connectors.wire import Request, Response, is_absolute
+
+Answer = TypeVar("Answer", RowResult, VendorCheck)
+# How one answer is read: the connector's `classify`, or its `classify_read` for a preview.
+Classify = Callable[..., Verdict]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,7 @@ class Attempt:
     verdict: Verdict
     http_status: int | None
     sent: bool = True  # False: the vendor had been stopped, so this try sent nothing
+    reference: str | None = None  # the vendor's own reference of its answer, if it sent one
 
 
 class BackoffWait(wait_base):
@@ -111,15 +120,32 @@ class VendorClient:
         `on_result` runs in the sending thread right after each answer, before that thread
         sends anything else (the ledger relies on this).
         """
+        return self._concurrently(decisions, self.send, on_result)
+
+    def check_many(
+        self,
+        decisions: Iterable[Decision],
+        on_result: Callable[[Decision, VendorCheck], None] | None = None,
+    ) -> list[VendorCheck]:
+        """Read the invoices of decisions concurrently, as `send_many` sends them; nothing is written."""
+        return self._concurrently(decisions, self.check, on_result)
+
+    def _concurrently(
+        self,
+        decisions: Iterable[Decision],
+        work: Callable[[Decision], Answer],
+        on_result: Callable[[Decision, Answer], None] | None,
+    ) -> list[Answer]:
+        """`work` on every decision, up to the vendor's max concurrency; answers in input order."""
         decisions = list(decisions)
-        results: list[RowResult | None] = [None] * len(decisions)
+        results: list[Answer | None] = [None] * len(decisions)
         claim = itertools.count()  # next() on it is atomic: each row is taken by exactly one sender
 
         def sender() -> None:
             # One pool task per sender, looping over the rows, rather than one per row: a Future
             # and its Condition per row cost about a seventh of the sending threads' time.
             while (i := next(claim)) < len(decisions):
-                result = self.send(decisions[i])
+                result = work(decisions[i])
                 if on_result is not None:
                     on_result(decisions[i], result)
                 results[i] = result
@@ -139,19 +165,7 @@ class VendorClient:
             return self._result(
                 decision, Attempt(Verdict(Action.FAIL, ErrorCode.INVALID_ROW, message=str(exc)), None), 0
             )
-        attempt: Attempt = self._attempt(request)
-        attempts = 1
-        if self._should_retry(attempt) and self.settings.max_attempts > 1:
-            # Only a row that needs another try pays for tenacity (a Retrying copy and its
-            # loop per row add up at hundreds of rows a second); it starts from this answer.
-            first = [attempt]
-
-            def again(request: Request) -> Attempt:
-                return first.pop() if first else self._attempt(request)
-
-            retrying = self._retrying.copy()
-            attempt = retrying(again, request)
-            attempts = retrying.statistics.get("attempt_number", 1)
+        attempt, attempts, reference = self._try(request, self.connector.classify)
         if not attempt.sent:  # another row found the credentials refused while this one waited
             return self._not_sent(decision, attempts - 1)
         if attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is not None:
@@ -159,7 +173,40 @@ class VendorClient:
             return self._not_sent(decision, attempts)
         if attempt.verdict.action is Action.STOP:
             self._stop(decision, attempt.verdict)
-        return self._result(decision, attempt, attempts)
+        result = self._result(decision, attempt, attempts)
+        result.vendor_reference = redact(reference) if reference else None
+        return result
+
+    def check(self, decision: Decision) -> VendorCheck:
+        """Read one decision's invoice at its vendor (a preview), retrying as declared; never a write."""
+        row = decision.row_number
+        if self._stopped is not None:
+            return VendorCheck(row, WouldChange.UNKNOWN, message=redact(self._stop_text("not read", 0)))
+        try:
+            request = self.connector.build_read(decision)
+        except (ValueError, KeyError) as exc:
+            return VendorCheck(row, WouldChange.UNKNOWN, message=redact(f"not read: {exc}"))
+        if request is None:
+            return VendorCheck(
+                row, WouldChange.UNKNOWN, message=f"{self.vendor} documents no read of an invoice's state"
+            )
+        attempt, reads, reference = self._try(request, partial(self.connector.classify_read, decision))
+        reference = redact(reference) if reference else None
+        verdict = attempt.verdict
+        if not attempt.sent or (verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is not None):
+            return VendorCheck(row, WouldChange.UNKNOWN, message=redact(self._stop_text("not read", reads - 1)))
+        if verdict.action is Action.STOP:
+            self._stop(decision, verdict)
+        if verdict.action is Action.SUCCEED and verdict.would_change is not None:
+            message = redact(verdict.message)
+            return VendorCheck(
+                row, verdict.would_change, verdict.vendor_state, message, attempt.http_status, reference, reads
+            )
+        why = verdict.message
+        if verdict.action in (Action.RETRY, Action.REAUTH):
+            why = f"gave up after {reads} reads; last: {why}"
+        message = redact(f"could not read the invoice's state: {why}")
+        return VendorCheck(row, WouldChange.UNKNOWN, None, message, attempt.http_status, reference, reads)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -169,24 +216,45 @@ class VendorClient:
     def _should_retry(self, attempt: Attempt) -> bool:
         return attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is None
 
-    def _attempt(self, request: Request) -> Attempt:
+    def _try(self, request: Request, classify: Classify) -> tuple[Attempt, int, str | None]:
+        """One request, retried as declared: (the last attempt, attempts made, the latest vendor reference)."""
+        attempt: Attempt = self._attempt(request, classify)
+        attempts = 1
+        reference = attempt.reference
+        if self._should_retry(attempt) and self.settings.max_attempts > 1:
+            # Only a row that needs another try pays for tenacity (a Retrying copy and its
+            # loop per row add up at hundreds of rows a second); it starts from this answer.
+            first = [attempt]
+
+            def again(request: Request) -> Attempt:
+                nonlocal reference
+                tried = first.pop() if first else self._attempt(request, classify)
+                reference = tried.reference or reference  # the latest answer the vendor named
+                return tried
+
+            retrying = self._retrying.copy()
+            attempt = retrying(again, request)
+            attempts = retrying.statistics.get("attempt_number", 1)
+        return attempt, attempts, reference
+
+    def _attempt(self, request: Request, classify: Classify) -> Attempt:
         if self._stopped is not None:  # checked after every backoff too: no request after a stop
             return Attempt(self._stopped[1], None, sent=False)
         try:
             authed = self.auth.apply(request, self._send_raw)
             response = self._send_raw(authed)
         except Exception as exc:  # every failure becomes a Verdict; nothing escapes a row
-            return Attempt(self.connector.classify(request, error=exc), None)
-        verdict = self.connector.classify(request, response=response)
+            return Attempt(classify(request, error=exc), None)
+        verdict = classify(request, response=response)
         if verdict.action is Action.REAUTH:
             self.auth.invalidate(authed)
-        return Attempt(verdict, response.status_code)
+        return Attempt(verdict, response.status_code, reference=self.connector.vendor_reference(response))
 
     def _send_raw(self, request: Request) -> Response:
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too
         return self.http.request(
             request.method,
-            self.base_url + request.path,
+            request.path if is_absolute(request.path) else self.base_url + request.path,
             params=request.params or None,
             json=request.json,
             data=request.form,
@@ -201,17 +269,23 @@ class VendorClient:
 
     def _not_sent(self, decision: Decision, attempts: int = 0) -> RowResult:
         """A row the vendor's stop caught before it was sent, or between two of its tries."""
-        row, verdict = self._stopped  # type: ignore[misc]
-        what = "not sent" if attempts == 0 else f"retries stopped after {attempts} attempts"
-        message = f"{what}: {self.vendor} refused our credentials at row {row} ({verdict.message})"
+        verdict = self._stopped[1]  # type: ignore[index]
         return RowResult(
             decision.row_number,
             Outcome.FAILED,
             error_code=verdict.error_code or ErrorCode.AUTH_FAILED,
-            error_message=redact(message),
+            error_message=redact(self._stop_text("not sent", attempts)),
             attempts=attempts,
             finished_at=datetime.now(UTC),
         )
+
+    def _stop_text(self, what: str, attempts: int) -> str:
+        """Why a row was cut short by the vendor's stop ("not sent: alfred refused our credentials at row 3 (...)")."""
+        row, verdict = self._stopped  # type: ignore[misc]
+        if attempts:
+            what = f"retries stopped after {attempts} attempts"
+        why = "refused our credentials" if verdict.error_code is ErrorCode.AUTH_FAILED else "was stopped"
+        return f"{what}: {self.vendor} {why} at row {row} ({verdict.message})"
 
     def _result(self, decision: Decision, attempt: Attempt, attempts: int) -> RowResult:
         verdict = attempt.verdict

@@ -1,10 +1,26 @@
 """Accounteer: `POST {base}/invoices/{id}` with `{"invoice": {"status": "approved"}}`.
 
-Documented: method, path, body, OAuth 2.0 bearer token, 200 with the whole invoice object,
-approval only (no cancel: a cancel decision is never built into a request), approved
-invoices are final, ids are 40-hex strings, money fields are decimals. Assumed: the error
-bodies (OAuth-style 401, 404, 422 `{"errors": {...}}`) and that re-approving is refused with
-an "already approved" message, which we treat as success.
+Documented: method, path, body, OAuth 2.0 bearer token (authorization-code grant: a client id
+and secret, tokens that expire), 200 with the whole invoice object, approval only (no cancel:
+a cancel decision is never built into a request), approved invoices are final, ids are 40-hex
+strings, money fields are decimals.
+
+Auth, two ways in: the refresh grant (RFC 6749 §6; `TOKEN_URL`, `CLIENT_ID`, `CLIENT_SECRET`,
+`REFRESH_TOKEN`): an access token is fetched at the start, and again when it expires
+(`expires_in`) or is refused (401), through the same paced transport; a refresh token the
+server rotates is handed to `settings.save_credential`. Or a lone `ACCESS_TOKEN`, used as it is
+until refused (a 401 then stops the vendor). Not public, so assumed: the token endpoint (the
+URL is a setting), that it follows RFC 6749 §5 (JSON token answer, `invalid_grant` errors),
+and that it takes HTTP Basic client authentication.
+
+Assumed too: the error bodies (OAuth-style 401, 404, 422 `{"errors": {...}}`), that
+re-approving is refused with an "already approved" message, which we treat as success, and
+an `X-Request-Id` header as the answer's reference.
+
+Preview read, assumed from the docs' menu ("Get Invoice"; the list `GET {base}/invoices/` is
+documented with the same bearer header): `GET {base}/invoices/{id}` answers the invoice object
+with its `status`. `approved` is already done; `draft` (assumed: the state before approval)
+would change; anything else stays unknown.
 """
 
 from __future__ import annotations
@@ -16,9 +32,11 @@ from decimal import Decimal
 from typing import ClassVar
 from urllib.parse import quote
 
-from connectors.auth import HeaderAuth
-from connectors.connector import Connector
-from connectors.reading import Action, Verdict
+from connectors.auth import Auth, HeaderAuth, SessionTokenAuth
+from connectors.connector import REQUEST_ID_HEADERS, Connector, state_reading, unreadable_state
+from connectors.oauth import RefreshGrant
+from connectors.reading import READINGS, Action, Reading, Verdict
+from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body
 
@@ -29,16 +47,38 @@ class UnsupportedDecision(ValueError):
     """The vendor's API cannot carry this decision; it must never be sent."""
 
 
+REFRESH_GRANT = ("TOKEN_URL", "CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
+
+
 class AccounteerConnector(Connector):
     name = "accounteer"
-    credential_names = ("ACCESS_TOKEN",)
+    credential_names = ("ACCESS_TOKEN", "CLIENT_ID", "CLIENT_SECRET", "REFRESH_TOKEN")
+    url_names = ("TOKEN_URL",)
+    credential_sets = (REFRESH_GRANT, ("ACCESS_TOKEN",))  # the refresh grant wins when both are set
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "approved"}
+    reference_headers = REQUEST_ID_HEADERS  # assumed: Rails-style APIs send X-Request-Id
 
-    def make_auth(self) -> HeaderAuth:
-        return HeaderAuth(
-            {"Authorization": self.settings.credentials["ACCESS_TOKEN"]},
-            template={"Authorization": "Bearer {}"},
+    def __init__(self, settings: VendorSettings) -> None:
+        super().__init__(settings)
+        given = {*settings.credentials, *settings.urls}
+        self.refreshes = given >= set(REFRESH_GRANT)
+        if self.refreshes:  # a refused access token is renewed, not the end of the vendor
+            self.readings = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
+
+    def make_auth(self) -> Auth:
+        creds = self.settings.credentials
+        if not self.refreshes:
+            return HeaderAuth({"Authorization": creds["ACCESS_TOKEN"]}, template={"Authorization": "Bearer {}"})
+        save = self.settings.save_credential
+        grant = RefreshGrant(
+            self.settings.urls["TOKEN_URL"],
+            creds["CLIENT_ID"],
+            creds["CLIENT_SECRET"],
+            creds["REFRESH_TOKEN"],
+            vendor=self.name,
+            on_rotate=None if save is None else lambda token: save("REFRESH_TOKEN", token),
         )
+        return SessionTokenAuth(grant, lifetime=None, header="Authorization", template="Bearer {}")
 
     def build_request(self, decision: Decision) -> Request:
         if decision.decision not in self.decision_map:
@@ -48,6 +88,20 @@ class AccounteerConnector(Connector):
             f"/invoices/{quote(decision.invoice_id, safe='')}",
             json={"invoice": {"status": self.decision_map[decision.decision]}},
         )
+
+    def build_read(self, decision: Decision) -> Request:
+        if decision.decision not in self.decision_map:
+            raise UnsupportedDecision("Accounteer has no cancel: only approvals can be sent")
+        return Request("GET", f"/invoices/{quote(decision.invoice_id, safe='')}")
+
+    def read_state(self, decision: Decision, response: Response) -> Verdict:
+        try:
+            invoice = json.loads(response.text, parse_float=Decimal)
+        except ValueError:
+            return unreadable_state(response, "body is not JSON")
+        if not isinstance(invoice, dict) or "status" not in invoice:
+            return unreadable_state(response, "no invoice status in the answer")
+        return state_reading(invoice["status"], ("approved",), movable=("draft",))
 
     def read_success(self, request: Request, response: Response) -> Verdict:
         try:

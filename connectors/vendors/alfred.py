@@ -3,7 +3,13 @@
 Documented: method, path, the `API-Key`/`API-Secret` headers, the body, the 202 success body
 (`data: true`), 404 and the 422 VALIDATION_ERROR shape. Assumed: 401/403 for wrong credentials
 and the wording of "already approved/cancelled" reasons, which we treat as success so that a
-retry after an ambiguous failure is safe.
+retry after an ambiguous failure is safe. Assumed: a request-id header, if alfred sends one
+(`X-Request-Id`, `Request-Id` or `X-Correlation-Id`), is its reference of the answer.
+
+Preview read, documented ("Consult individual invoice by invoice id"): `GET {base}/invoice/{id}`
+with the same headers answers 202 `{"data": {..., "estatus_invoice": ...}}`. Only `pending` and
+`completed` are documented values: `pending` would change; the decision's own state (approved,
+cancelled) is already done (assumed spelling); `completed` and anything else stay unknown.
 """
 
 from __future__ import annotations
@@ -14,18 +20,21 @@ from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
-from connectors.connector import Connector
+from connectors.connector import REQUEST_ID_HEADERS, Connector, state_reading, unreadable_state
 from connectors.reading import Action, Verdict
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body
 
 ALREADY = re.compile(r"already\s+(approved|cancel)", re.IGNORECASE)
+# The read's states that mean a decision is already done (assumed spelling beside `pending`).
+READ_DONE: Mapping[str, tuple[str, ...]] = {"approve": ("approved",), "cancel": ("cancelled", "canceled", "cancel")}
 
 
 class AlfredConnector(Connector):
     name = "alfred"
     credential_names = ("API_KEY", "API_SECRET")
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "approved", "cancel": "cancel"}
+    reference_headers = REQUEST_ID_HEADERS  # assumed: alfred documents no request id
 
     def make_auth(self) -> HeaderAuth:
         creds = self.settings.credentials
@@ -37,6 +46,16 @@ class AlfredConnector(Connector):
             f"/invoice/{quote(decision.invoice_id, safe='')}",
             json={"status": self.decision_map[decision.decision]},
         )
+
+    def build_read(self, decision: Decision) -> Request:
+        return Request("GET", f"/invoice/{quote(decision.invoice_id, safe='')}")
+
+    def read_state(self, decision: Decision, response: Response) -> Verdict:
+        body = json_body(response)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or "estatus_invoice" not in data:
+            return unreadable_state(response, "no data.estatus_invoice in the answer")
+        return state_reading(data["estatus_invoice"], READ_DONE[decision.decision], movable=("pending",))
 
     def read_success(self, request: Request, response: Response) -> Verdict:
         body = json_body(response)

@@ -4,8 +4,14 @@ Documented: method, path, the three auth headers (`x-api-key`, `customer-id`,
 `customer-key`), the body fields (`appzen_invoice_state`, `timestamp`, and with CREATED
 `invoice_id` + `invoice_status`), 200 with an empty body, the error shape with
 `"message": "Error code : <hex> - ..."`, 429 over the rate limit (1,000/s, 300,000/day) with no
-Retry-After documented, and the `x-correlation-id` header. Assumed: the status texts we send
-(`Approved`, `Cancelled`).
+Retry-After documented, and the `x-correlation-id` header on every answer (kept as the row's
+`vendor_reference`). Assumed: the status texts we send (`Approved`, `Cancelled`).
+
+Preview read, documented (marked deprecated): `GET {base}/invoice/{uuid}` with the same headers
+carries `invoice_status`, the ERP status text last synced (where in the body is assumed: at the
+top, or under `data`). The decision's own text is already done; any other would change (AppZen
+takes any status text from the ERP). The documented `POST {base}/invoice/search` needs a time
+window and filters by the ERP's ids, not AppZen's uuid, so it is not used for one invoice.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import ClassVar
 from urllib.parse import quote
 
 from connectors.auth import HeaderAuth
-from connectors.connector import Connector
+from connectors.connector import Connector, state_reading, unreadable_state
 from connectors.reading import Action, Verdict
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode
@@ -34,6 +40,7 @@ class AppZenConnector(Connector):
     name = "appzen"
     credential_names = ("API_KEY", "CUSTOMER_ID", "CUSTOMER_KEY")
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "Approved", "cancel": "Cancelled"}
+    reference_headers = ("x-correlation-id",)  # documented on every answer; support asks for it
 
     def __init__(self, settings: VendorSettings, clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(settings)
@@ -60,6 +67,16 @@ class AppZenConnector(Connector):
                 "invoice_status": self.decision_map[decision.decision],
             },
         )
+
+    def build_read(self, decision: Decision) -> Request:
+        return Request("GET", f"/invoice/{quote(decision.invoice_id, safe='')}")
+
+    def read_state(self, decision: Decision, response: Response) -> Verdict:
+        body = json_body(response)
+        invoice = body.get("data") if isinstance(body, dict) and isinstance(body.get("data"), dict) else body
+        if not isinstance(invoice, dict) or "invoice_status" not in invoice:
+            return unreadable_state(response, "no invoice_status in the answer")
+        return state_reading(invoice["invoice_status"], (self.decision_map[decision.decision],))
 
     def read_success(self, request: Request, response: Response) -> Verdict:
         # Documented: 200 with an empty body. Any other 2xx, or a body (a sign-in page answering

@@ -4,9 +4,14 @@ Documented: `POST /api/cmn/Authenticate` with form fields `app` and `secret` (20
 `object.token`, 400 missing parameters, 401 "Authentication failed."), tokens expiring 15
 minutes after creation, the PATCH body under `customer_details`, STATUS_SENT / STATUS_VOID,
 `invoice_number` required, `void_date` optional and never in the future, success
-`{"result": true}`, errors `{"result": false, "object": {"error_code": N}}` (5505 invalid
-status, 5526 missing status) or with a message only. Assumed: an expired or unknown token is
-answered 401, and "already has this status" errors (treated as success) say "already".
+`{"result": true}`, errors `{"result": false, "object": {"error_code": N}}` on 400 and 500
+(5505 invalid status, 5526 missing status; the invoicing codes are 55xx) or with a message
+only. A 500 carrying a 55xx code is the vendor refusing the change (VENDOR_REJECTED, not
+retried); a 500 without one stays an outage (retried). Assumed: an expired or unknown token is
+answered 401, "already has this status" errors (treated as success) say "already", and a
+request-id header, if modulus sends one, is its reference of the answer.
+No invoicing-v1 page documents a read of one invoice: `build_read` is None (a preview says
+`unknown`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from connectors.auth import Send, SessionTokenAuth
-from connectors.connector import Connector
-from connectors.errors import AuthRefused, AuthUnavailable
+from connectors.connector import REQUEST_ID_HEADERS, Connector
+from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable
 from connectors.reading import READINGS, Action, Reading, ReadingKey, Verdict, retryable_statuses
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body, short_text
@@ -25,14 +30,16 @@ from connectors.wire import Request, Response, json_body, short_text
 TOKEN_LIFETIME = 15 * 60  # documented: a token expires 15 minutes after creation
 ALREADY = re.compile(r"\balready\b", re.IGNORECASE)
 NOT_FOUND = re.compile(r"not\s+found", re.IGNORECASE)
+INVOICING_CODE = re.compile(r"55\d\d")  # documented: the invoicing error codes (5500-5531, 5597)
 
 
 class ModulusConnector(Connector):
     name = "modulus"
     credential_names = ("APP", "SECRET")
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "STATUS_SENT", "cancel": "STATUS_VOID"}
+    reference_headers = REQUEST_ID_HEADERS  # assumed: modulus documents no request id
     # Assumed: an expired or unknown session token is answered 401; a new token is all it takes.
-    readings: ClassVar[Mapping[ReadingKey, Reading]] = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
+    readings: Mapping[ReadingKey, Reading] = {**READINGS, 401: Reading(Action.REAUTH, ErrorCode.AUTH_FAILED)}
 
     def make_auth(self) -> SessionTokenAuth:
         return SessionTokenAuth(self.fetch_token, lifetime=TOKEN_LIFETIME)
@@ -57,6 +64,9 @@ class ModulusConnector(Connector):
         text = f"token request answered HTTP {response.status_code}: {message}"
         if response.status_code in retryable_statuses(READINGS):
             raise AuthUnavailable(text)
+        if response.ok and not (isinstance(body, dict) and isinstance(body.get("result"), bool)):
+            # Not modulus answering (a sign-in page, a redirect): not a refusal of our credentials.
+            raise AuthUnreadable(f"token request answered HTTP {response.status_code} without modulus' JSON")
         raise AuthRefused(text)
 
     def build_request(self, decision: Decision) -> Request:
@@ -81,7 +91,13 @@ class ModulusConnector(Connector):
     def read_refusal(self, request: Request, response: Response) -> Verdict | None:
         if response.status_code == 400:
             return self._business_error(response)
-        return None
+        if response.status_code == 500:
+            # Documented: a 500 carrying an invoicing error code refuses the change; retrying
+            # it five times would only report a refusal as an outage.
+            _, code = self.error_message(response)
+            if code is not None and INVOICING_CODE.fullmatch(code):
+                return self._business_error(response)
+        return None  # a bare 500 (or one with another code): the table retries it
 
     def _business_error(self, response: Response) -> Verdict | None:
         message, code = self.error_message(response)

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", help="decision file (.csv or .parquet)")
     run.add_argument("--out", default="data/results", help="results folder (default: data/results)")
     run.add_argument("--dry-run", action="store_true", help="read, validate and plan; send nothing")
+    run.add_argument(
+        "--check-vendors",
+        action="store_true",
+        help="with --dry-run: read each invoice that would be sent at its vendor (would it change, is it known?)",
+    )
     run.add_argument("--vendors", help="comma-separated vendors to include (default: all)")
     run.add_argument("--chunk-size", type=int, default=None, help="decisions per Prefect task")
     run.add_argument(
@@ -133,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNUSABLE
     if args.command == "secrets":
         return secrets_command(args.action, vendors)
+    if args.check_vendors and not args.dry_run:
+        print("invoice-sync: --check-vendors previews a dry run: add --dry-run (nothing is sent then)", file=sys.stderr)
+        return EXIT_UNUSABLE
     return run_command(
         args.file,
         args.out,
         dry_run=args.dry_run,
+        check_vendors=args.check_vendors,
         vendors=vendors,
         chunk_size=args.chunk_size,
         retry_failed=args.retry_failed,
@@ -153,6 +162,7 @@ def run_command(
     chunk_size: int | None = None,
     retry_failed: bool = False,
     show_progress: bool | None = None,
+    check_vendors: bool = False,
 ) -> int:
     """Run the flow on one file and print what happened."""
     from connectors.redact import install_log_redaction
@@ -174,6 +184,7 @@ def run_command(
                 chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
                 retry_failed=retry_failed,
                 show_progress=show_progress,
+                check_vendors=check_vendors,
                 return_state=True,
             )
             if state.name in NOTHING_SENT_STATES:
@@ -216,6 +227,8 @@ def print_summary(summary: RunSummary) -> None:
     table.add_row("total", *(str(summary.counts[o]) for o in outcomes), "", style="bold")
     console = Console()
     console.print(table)
+    if summary.checks:
+        console.print(f"the vendors say: {summary.checks_text()}")
     console.print(f"{summary.rows} rows from {summary.source} in {summary.seconds:.1f} s")
     console.print(f"results: {summary.results_path}  (spreadsheet copy: {summary.csv_path})")
 

@@ -10,7 +10,12 @@ from flows.pipeline.results import RunSummary
 def publish(summary: RunSummary) -> None:
     """Table and markdown artifacts for the Prefect UI."""
     rows = [
-        {"vendor": v, **counts, "top errors": ", ".join(f"{c} ({n})" for c, n in summary.top_errors.get(v, []))}
+        {
+            "vendor": v,
+            **counts,
+            "top errors": ", ".join(f"{c} ({n})" for c, n in summary.top_errors.get(v, [])),
+            **({"vendors say": summary.checks_text(v)} if summary.checks else {}),
+        }
         for v, counts in summary.by_vendor.items()
     ]
     create_table_artifact(rows, key="invoice-sync-outcomes", description="Outcomes per vendor")
@@ -21,6 +26,7 @@ def publish(summary: RunSummary) -> None:
                 f"- file: `{summary.source}`",
                 f"- rows: {summary.rows} ({summary.counts_text()})"
                 + (" — dry run, nothing sent" if summary.dry_run else ""),
+                *([f"- the vendors say: {summary.checks_text()}"] if summary.checks else []),
                 f"- took: {summary.seconds:.1f} s",
                 f"- results: `{summary.results_path}` (and `{summary.csv_path}`)",
                 *(

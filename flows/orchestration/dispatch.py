@@ -1,11 +1,15 @@
-"""Sending a plan: a client per vendor, chunks as Prefect tasks, a few in flight per vendor."""
+"""Sending a plan: a client per vendor, chunks as Prefect tasks, a few in flight per vendor.
+
+A preview (`preview`, for `run --dry-run --check-vendors`) goes the same way with reads: the
+same clients, limiters and chunks, `check_chunk` instead of `send_chunk`, and no ledger.
+"""
 
 from __future__ import annotations
 
 import queue
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 from uuid import UUID
 
@@ -20,9 +24,9 @@ from connectors.registry import CONNECTORS
 from connectors.sending.client import VendorClient
 from connectors.sending.ratelimit import limiter_for
 from connectors.settings import VendorSettings
-from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
+from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
 from flows.orchestration.progress import RunProgress
-from flows.orchestration.secrets import settings_environ
+from flows.orchestration.secrets import SettingsEnviron, credential_saver, settings_environ
 from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
 from flows.pipeline.planning import Plan, decisions_for
 from flows.state.ledger import Ledger
@@ -52,9 +56,13 @@ class VendorClients:
 def open_clients(vendors: list[str], environ: Mapping[str, str] | None = None) -> VendorClients:
     """Build each vendor's settings, and a client for every vendor whose settings are usable."""
     clients = VendorClients()
+    from_blocks = environ.from_blocks if isinstance(environ, SettingsEnviron) else frozenset()
     for vendor in vendors:
         connector_class = CONNECTORS[vendor]
-        settings = VendorSettings.from_env(vendor, connector_class.credential_names, environ)
+        settings = connector_class.settings_from_env(environ)
+        # A credential the vendor replaces mid-run (a rotated refresh token) goes back where it came from.
+        saver = credential_saver(vendor, from_blocks, log=get_run_logger())
+        settings = replace(settings, save_credential=saver)
         if settings.usable:
             limiter = limiter_for(settings, PREFECT_GLOBAL_LIMIT)
             clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter)
@@ -81,14 +89,36 @@ def send_chunk(
     return client.send_many(decisions_for(frame, positions), on_result=answered)
 
 
+@task(cache_policy=NO_CACHE)
+def check_chunk(
+    client: VendorClient, frame: pd.DataFrame, positions: np.ndarray, progress: RunProgress
+) -> list[VendorCheck]:
+    """Read the invoices of one chunk of one vendor's decisions (a preview: nothing is written)."""
+    return client.check_many(decisions_for(frame, positions), on_result=lambda d, c: progress.advance(client.vendor))
+
+
 def unconfigured_results(frame: pd.DataFrame, positions: np.ndarray, settings: VendorSettings) -> list[RowResult]:
     """Rows of a vendor whose settings are missing: failed, never sent (and never to a sandbox)."""
-    message = f"{settings.vendor} is not configured: {'; '.join(settings.problems)}"
+    message = _unconfigured(settings)
     rows = frame["row_number"].to_numpy()[positions]
     return [RowResult(int(r), Outcome.FAILED, error_code=ErrorCode.CONFIG_MISSING, error_message=message) for r in rows]
 
 
+def unconfigured_checks(frame: pd.DataFrame, positions: np.ndarray, settings: VendorSettings) -> list[VendorCheck]:
+    """A preview's rows of a vendor whose settings are missing: unknown, and why (the real run would fail them)."""
+    message = f"not read: {_unconfigured(settings)}"
+    return [
+        VendorCheck(int(r), WouldChange.UNKNOWN, message=message) for r in frame["row_number"].to_numpy()[positions]
+    ]
+
+
+def _unconfigured(settings: VendorSettings) -> str:
+    return f"{settings.vendor} is not configured: {'; '.join(settings.problems)}"
+
+
 Submit = Callable[[str, np.ndarray], PrefectFuture[Any]]
+# Submits one chunk task for a vendor's client: (client, vendor's rows, progress) -> future.
+SubmitChunk = Callable[[VendorClient, np.ndarray, RunProgress], PrefectFuture[Any]]
 
 
 def lanes(
@@ -135,37 +165,75 @@ def dispatch(
     settings_from_blocks: bool = False,
 ) -> list[RowResult]:
     """Send all planned rows, vendors in parallel, chunks in lanes; one result per row."""
+
+    def submit(client: VendorClient, positions: np.ndarray, progress: RunProgress) -> PrefectFuture[Any]:
+        return send_chunk.with_options(task_run_name=f"send-{client.vendor}-rows-{positions[0] + 1}").submit(
+            client, frame, positions, ledger, run_id, progress
+        )
+
+    sent, unusable = _in_lanes(plan_, chunk_size, submit, show_progress, settings_from_blocks, "Decisions sent")
+    for vendor, settings in unusable.items():
+        sent.extend(unconfigured_results(frame, plan_.to_send[vendor], settings))
+    return sent
+
+
+def preview(
+    frame: pd.DataFrame,
+    plan_: Plan,
+    chunk_size: int,
+    show_progress: bool | None,
+    settings_from_blocks: bool = False,
+) -> list[VendorCheck]:
+    """Read, for every planned row, its invoice's state at the vendor: like `dispatch`, with reads and no ledger."""
+
+    def submit(client: VendorClient, positions: np.ndarray, progress: RunProgress) -> PrefectFuture[Any]:
+        return check_chunk.with_options(task_run_name=f"read-{client.vendor}-rows-{positions[0] + 1}").submit(
+            client, frame, positions, progress
+        )
+
+    checks, unusable = _in_lanes(plan_, chunk_size, submit, show_progress, settings_from_blocks, "Invoices read")
+    for vendor, settings in unusable.items():
+        checks.extend(unconfigured_checks(frame, plan_.to_send[vendor], settings))
+    return checks
+
+
+def _in_lanes(
+    plan_: Plan,
+    chunk_size: int,
+    submit: SubmitChunk,
+    show_progress: bool | None,
+    settings_from_blocks: bool,
+    description: str,
+) -> tuple[list[Any], dict[str, VendorSettings]]:
+    """Open the clients and run every configured vendor's chunks in lanes, reporting progress.
+
+    Returns what the chunks returned, and the settings of the vendors that are not configured.
+    """
     vendors = sorted(plan_.to_send)
     # Deployments: settings missing from the environment come from Prefect Secret blocks.
     environ = settings_environ(vendors, log=get_run_logger()) if settings_from_blocks else None
     clients = open_clients(vendors, environ)
-    sent: list[RowResult] = []
-    for vendor, settings in clients.unusable.items():
-        sent.extend(unconfigured_results(frame, plan_.to_send[vendor], settings))
     configured = {v: p for v, p in plan_.to_send.items() if v in clients.ready}
 
     progress = RunProgress({v: len(p) for v, p in configured.items()}, show_bars=show_progress)
     # Called from sync code, Prefect's async_dispatch returns the id itself, not a coroutine.
     artifact_id = cast(
-        UUID, create_progress_artifact(progress=0.0, key="invoice-sync-progress", description="Decisions sent")
+        UUID, create_progress_artifact(progress=0.0, key="invoice-sync-progress", description=description)
     )
-
-    def submit(vendor: str, positions: np.ndarray) -> PrefectFuture[Any]:
-        return send_chunk.with_options(task_run_name=f"send-{vendor}-rows-{positions[0] + 1}").submit(
-            clients.ready[vendor], frame, positions, ledger, run_id, progress
-        )
-
+    done: list[Any] = []
     try:
-        for finished in lanes(configured, chunk_size, submit, tick=PROGRESS_EVERY):
+        for finished in lanes(
+            configured, chunk_size, lambda v, p: submit(clients.ready[v], p, progress), tick=PROGRESS_EVERY
+        ):
             if finished is not None:  # None: no chunk ended within a tick, only progress to report
                 vendor, future = finished
                 outcome = future.result(raise_on_failure=False)
                 if isinstance(outcome, list):
-                    sent.extend(outcome)
+                    done.extend(outcome)
                 else:  # a bug, not a vendor answer: its rows are reported failed by assemble_results
                     get_run_logger().error("a chunk for %s crashed: %s", vendor, outcome)
             update_progress_artifact(artifact_id, progress=round(100 * progress.fraction, 1))
     finally:
         progress.close()
         clients.close()
-    return sent
+    return done, clients.unusable

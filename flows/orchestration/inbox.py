@@ -65,6 +65,7 @@ def process_inbox(
     processed_dir: str | None = None,
     rejected_dir: str | None = None,
     results_root: str | None = None,
+    check_vendors: bool = False,
 ):
     """Process every ready file in `inbox` once: claim, sync, then move to processed/ or rejected/.
 
@@ -72,7 +73,8 @@ def process_inbox(
     nothing to do); otherwise Failed, named `RowsNotDone` when some file had rows not done, or
     `FilesRejected` when files were rejected; the message names each file and its counts.
     A dry run reads, validates and plans each file, writes its results, sends nothing, and
-    puts the file back into the inbox.
+    puts the file back into the inbox; with `check_vendors` it also reads each invoice that
+    would be sent at its vendor (the preview of `invoice-sync run --dry-run --check-vendors`).
     """
     logger = get_run_logger()
     try:
@@ -99,7 +101,9 @@ def process_inbox(
 
     rows: list[dict[str, object]] = []
     for path in claimed:
-        rows.append(_process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger))
+        rows.append(
+            _process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger, check_vendors)
+        )
 
     create_table_artifact(rows, key="invoice-sync-inbox", description=f"Files taken from {layout.inbox}")
     text = "; ".join(f"{r['file']}: {r['outcome']} ({r['detail']})" for r in rows)
@@ -109,7 +113,9 @@ def process_inbox(
     return Failed(name=name, message=text, data=rows)
 
 
-def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger) -> dict:
+def _process_one(
+    layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger, check_vendors=False
+) -> dict:
     """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
     when = stamp()
     out = results_dir(layout, path, when)
@@ -122,6 +128,7 @@ def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, 
             chunk_size=chunk_size,
             show_progress=False,
             settings_from_blocks=settings_from_blocks,
+            check_vendors=check_vendors,
             return_state=True,
         )
         name, message = state.name, state.message or ""

@@ -17,9 +17,9 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.redact import install_log_redaction
-from connectors.vocabulary import ErrorCode, RowResult
+from connectors.vocabulary import ErrorCode, RowResult, VendorCheck
 from flows.orchestration.artifacts import publish
-from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch
+from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch, preview
 from flows.orchestration.events import RetryRound, emit_run_finished
 from flows.pipeline.datadocs import write_data_docs
 from flows.pipeline.planning import Plan, apply_history, plan_rows
@@ -97,12 +97,15 @@ def sync_decisions(
     retry_failed: bool = False,
     show_progress: bool | None = None,
     settings_from_blocks: bool = False,
+    check_vendors: bool = False,
     retry_round: int = 0,
     retry_rounds: int = 0,
     retries_run: str | None = None,
 ) -> State:
     """Send every valid decision in `path` to its vendor and write one result row per input row.
 
+    `check_vendors` with `dry_run`: a preview that reads, for every decision that would be
+    sent, the invoice's current state at its vendor (nothing is written, the ledger unchanged).
     `retry_round` (of `retry_rounds`, retrying the run `retries_run`) is set by `retry-failed` only.
     """
     started = time.monotonic()
@@ -119,6 +122,9 @@ def sync_decisions(
         logger.info("%s", report.message)
         return Failed(name=report.state, message=report.message)
     plan_ = plan(frame, report, vendors)
+    if check_vendors and not dry_run:
+        logger.warning("check_vendors previews a dry run only: ignored, the decisions are sent")
+    checks: list[VendorCheck] | None = [] if check_vendors and dry_run else None
     ledger = Ledger.open()
     try:
         sent = consult_ledger(frame, plan_, ledger, retry_failed)
@@ -127,8 +133,10 @@ def sync_decisions(
             sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks)
     finally:
         ledger.close()
+    if checks is not None and plan_.send_count:  # reads only: the ledger is closed, nothing is recorded
+        checks += preview(frame, plan_, chunk_size, show_progress, settings_from_blocks)
 
-    results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run)
+    results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run, checks=checks)
     parquet_path, csv_path = write_results(results, out_dir)
     summary = summarize(results, run_id, path, dry_run=dry_run)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
@@ -142,6 +150,7 @@ def sync_decisions(
         emit_run_finished(summary, results, RetryRound(retry_round, retry_rounds, retries_run))
     except Exception as exc:
         logger.warning("run-finished event not emitted: %s", exc)
+    text = summary.counts_text() + (f"; {summary.checks_text()}" if summary.checks else "")
     if summary.all_done:
-        return Completed(message=summary.counts_text(), data=summary)
-    return Failed(name="RowsNotDone", message=summary.counts_text(), data=summary)
+        return Completed(message=text, data=summary)
+    return Failed(name="RowsNotDone", message=text, data=summary)

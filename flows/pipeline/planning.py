@@ -33,6 +33,7 @@ class Plan:
     error_message: np.ndarray  # object: str
     to_send: dict[str, np.ndarray] = field(default_factory=dict)  # vendor -> row positions
     previous_run_id: np.ndarray | None = None  # object: the earlier run a row's outcome comes from
+    vendor_reference: np.ndarray | None = None  # object: the vendor's reference of that earlier answer
 
     @property
     def send_count(self) -> int:
@@ -146,6 +147,7 @@ def apply_history(
     Returns the results of permanent failures reported again (attempts 0).
     """
     plan.previous_run_id = np.full(len(frame), None, dtype=object)
+    plan.vendor_reference = np.full(len(frame), None, dtype=object)
     if history.empty or not plan.send_count:
         return []
     positions = np.concatenate(list(plan.to_send.values()))
@@ -181,8 +183,9 @@ def _skip_done(plan: Plan, done: pd.DataFrame) -> None:
     plan.outcome[idx] = Outcome.SKIPPED.value
     plan.error_code[idx] = ErrorCode.ALREADY_DONE.value
     plan.error_message[idx] = ("already succeeded in run " + done["run_id"] + " at " + at).tolist()
-    assert plan.previous_run_id is not None
+    assert plan.previous_run_id is not None and plan.vendor_reference is not None
     plan.previous_run_id[idx] = done["run_id"].tolist()
+    plan.vendor_reference[idx] = [None if pd.isna(v) else v for v in done["vendor_reference"].tolist()]
 
 
 if TYPE_CHECKING:
@@ -203,6 +206,7 @@ if TYPE_CHECKING:
         attempts: int
         run_id: str
         updated_at: datetime
+        vendor_reference: str | None  # NaN where the ledger holds none
 
 
 def _report_failed(plan: Plan, failed: pd.DataFrame, frame: pd.DataFrame) -> list[RowResult]:
@@ -223,6 +227,7 @@ def _report_failed(plan: Plan, failed: pd.DataFrame, frame: pd.DataFrame) -> lis
                 f"reported again from run {f.run_id}, not re-sent (--retry-failed sends it): {f.error_message}",
                 0,
                 pd.Timestamp(f.updated_at).to_pydatetime(),
+                None if pd.isna(f.vendor_reference) else f.vendor_reference,
             )
         )
     return reported

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pandas.core.arrays.integer import IntegerDtype
 
-from connectors.vocabulary import Outcome, RowResult
+from connectors.vocabulary import Outcome, RowResult, VendorCheck, WouldChange
 from flows.pipeline.files import atomic_write
 from flows.pipeline.planning import Plan
 
@@ -23,11 +23,14 @@ RESULT_COLUMNS = [
     "http_status",
     "error_code",
     "vendor_error_code",
+    "vendor_reference",
     "error_message",
     "attempts",
     "finished_at",
     "run_id",
     "previous_run_id",
+    "vendor_state",
+    "would_change",
 ]
 
 
@@ -46,6 +49,9 @@ class RunSummary:
     dry_run: bool = False
     seconds: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    # A preview that asked the vendors (`--check-vendors`): would_change -> rows, overall and per vendor.
+    checks: dict[str, int] | None = None
+    checks_by_vendor: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def all_done(self) -> bool:
@@ -55,17 +61,43 @@ class RunSummary:
     def counts_text(self) -> str:
         return ", ".join(f"{n} {o}" for o, n in self.counts.items() if n) or "no rows"
 
+    def checks_text(self, vendor: str | None = None) -> str:
+        """ "would change N, already done M, not found K, unknown U" (empty without a preview)."""
+        counts = self.checks if vendor is None else self.checks_by_vendor.get(vendor)
+        return "" if counts is None else preview_text(counts)
+
+
+def preview_text(counts: dict[str, int]) -> str:
+    """What a preview found, in the words a month-end operator reads."""
+    words = {
+        WouldChange.YES: "would change",
+        WouldChange.NO: "already done",
+        WouldChange.NOT_FOUND: "not found",
+        WouldChange.UNKNOWN: "unknown",
+    }
+    return ", ".join(f"{words[w]} {counts.get(w.value, 0)}" for w in WouldChange)
+
 
 def assemble_results(
-    frame: pd.DataFrame, plan: Plan, sent: Iterable[RowResult], run_id: str, *, dry_run: bool = False
+    frame: pd.DataFrame,
+    plan: Plan,
+    sent: Iterable[RowResult],
+    run_id: str,
+    *,
+    dry_run: bool = False,
+    checks: Iterable[VendorCheck] | None = None,
 ) -> pd.DataFrame:
-    """Join planned and sent outcomes into one frame, one row per input row, in file order."""
+    """Join planned and sent outcomes into one frame, one row per input row, in file order.
+
+    `checks`: a preview's reads of the rows a dry run would send (`vendor_state`, `would_change`).
+    """
     n = len(frame)
     outcome = plan.outcome.copy()
     error_code = plan.error_code.copy()
     message = plan.error_message.copy()
     http_status = np.full(n, None, dtype=object)
     vendor_code = np.full(n, None, dtype=object)
+    reference = plan.vendor_reference.copy() if plan.vendor_reference is not None else np.full(n, None, dtype=object)
     attempts = np.zeros(n, dtype=np.int64)
     finished = np.full(n, None, dtype=object)
     now = datetime.now(UTC)
@@ -78,14 +110,26 @@ def assemble_results(
         message[i] = r.error_message
         http_status[i] = r.http_status
         vendor_code[i] = r.vendor_error_code
+        reference[i] = r.vendor_reference
         attempts[i] = r.attempts
         finished[i] = r.finished_at
 
     unsent = outcome == None  # noqa: E711 - rows planned for sending that produced no result
+    vendor_state = np.full(n, None, dtype=object)
+    would_change = np.full(n, None, dtype=object)
+    for c in checks or ():
+        i = position[c.row_number]
+        vendor_state[i], would_change[i] = c.vendor_state, c.would_change.value
+        http_status[i], reference[i] = c.http_status, c.vendor_reference
+        message[i] = f"dry run: would be sent; {c.message}" if c.message else "dry run: would be sent"
     if unsent.any():
         if dry_run:
             outcome[unsent] = Outcome.SKIPPED.value
-            message[unsent] = "dry run: would be sent"
+            unread = unsent & (would_change == None)  # noqa: E711
+            message[unread] = "dry run: would be sent"
+            if checks is not None:  # a preview row whose read left no answer (its chunk crashed): say so
+                would_change[unread] = WouldChange.UNKNOWN.value
+                message[unread] = "dry run: would be sent; no read was recorded for this row"
         else:  # never silently lost: a row with no answer is a failure, said loudly
             outcome[unsent] = Outcome.FAILED.value
             message[unsent] = "no result was recorded for this row"
@@ -97,12 +141,15 @@ def assemble_results(
     result["http_status"] = pd.array(http_status, dtype="Int64")
     result["error_code"] = pd.array(error_code, dtype="string")
     result["vendor_error_code"] = pd.array(vendor_code, dtype="string")
+    result["vendor_reference"] = pd.array(reference, dtype="string")
     result["error_message"] = pd.array(message, dtype="string")
     result["attempts"] = attempts
     result["finished_at"] = pd.to_datetime(pd.Series(finished, index=result.index), utc=True)
     result["run_id"] = pd.array([run_id] * n, dtype="string")
     previous = plan.previous_run_id if plan.previous_run_id is not None else np.full(n, None, dtype=object)
     result["previous_run_id"] = pd.array(previous, dtype="string")
+    result["vendor_state"] = pd.array(vendor_state, dtype="string")
+    result["would_change"] = pd.array(would_change, dtype="string")
     passthrough = [c for c in frame.columns if c not in LEAD_COLUMNS]
     return pd.concat([result, frame[passthrough]], axis=1)
 
@@ -244,7 +291,7 @@ def _utc_text(column: pd.Series):
 
 
 def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool = False) -> RunSummary:
-    """Counts by outcome and by vendor, and each vendor's most frequent error codes."""
+    """Counts by outcome and by vendor, each vendor's most frequent error codes, and a preview's findings."""
     order = [o.value for o in Outcome]
     counts = results["outcome"].value_counts()
     by_vendor: dict[str, dict[str, int]] = {}
@@ -255,7 +302,7 @@ def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool 
         by_vendor[str(vendor)] = {o: int(vc.get(o, 0)) for o in order}
         errors = Counter(part["error_code"].dropna().tolist())
         top[str(vendor)] = errors.most_common(3)
-    return RunSummary(
+    summary = RunSummary(
         run_id=run_id,
         source=source,
         rows=len(results),
@@ -264,3 +311,11 @@ def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool 
         top_errors=top,
         dry_run=dry_run,
     )
+    checked = results["would_change"].notna() if "would_change" in results else None
+    if checked is not None and checked.any():
+        part = results.loc[checked, ["vendor", "would_change"]]
+        summary.checks = {w.value: int((part["would_change"] == w.value).sum()) for w in WouldChange}
+        for vendor, rows in part.groupby(part["vendor"].fillna("(none)"), sort=True):
+            found = rows["would_change"].value_counts()
+            summary.checks_by_vendor[str(vendor)] = {str(w): int(k) for w, k in found.items()}
+    return summary

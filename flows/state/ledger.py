@@ -66,6 +66,8 @@ decisions_table = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # Added after the first release: `add_missing_columns` adds it to a ledger created before.
+    sa.Column("vendor_reference", sa.String(256)),  # the vendor's own reference of its last answer
 )
 
 
@@ -117,6 +119,7 @@ class Ledger:
             self.engine.dialect
         ) or (lambda value: value)
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._pending: list[_PendingRow] = []
         self._wakeup = threading.Condition()
         self._closing = False
@@ -176,6 +179,7 @@ class Ledger:
             result.attempts,
             run_id,
             self._timestamp(result.finished_at or datetime.now(UTC)),
+            result.vendor_reference,
         )
         pending = _PendingRow(values)
         with self._wakeup:
@@ -236,6 +240,28 @@ class Ledger:
         if self._writer is not None:
             self._writer.join()
         self.engine.dispose()
+
+
+def add_missing_columns(engine: sa.Engine) -> None:
+    """Bring a ledger made by an earlier version up to this table: add the (nullable) columns it lacks.
+
+    Several workers may open one PostgreSQL ledger at once: `ADD COLUMN IF NOT EXISTS` lets
+    them all; SQLite has no such clause, so a column another process added meanwhile is
+    taken as added.
+    """
+    present = {c["name"] for c in sa.inspect(engine).get_columns(decisions_table.name)}
+    missing = [c for c in decisions_table.columns if c.name not in present]
+    if not missing:
+        return
+    guard = "" if engine.dialect.name == "sqlite" else "IF NOT EXISTS "
+    with engine.begin() as conn:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                conn.execute(sa.text(f"ALTER TABLE {decisions_table.name} ADD COLUMN {guard}{column.name} {kind}"))
+            except sa.exc.OperationalError as exc:  # SQLite: another process added it first
+                if "duplicate column" not in str(exc).lower():
+                    raise
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
