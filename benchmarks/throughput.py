@@ -140,12 +140,9 @@ def shape_naive(path: str) -> dict:
 
     from connectors.registry import CONNECTORS
     from connectors.sending.client import VendorClient
-    from connectors.settings import VendorSettings
 
     decisions = _decisions(path)
-    clients = {
-        v: VendorClient(CONNECTORS[v](CONNECTORS[v].settings_from_env())) for v in VENDORS
-    }
+    clients = {v: VendorClient(CONNECTORS[v](CONNECTORS[v].settings_from_env())) for v in VENDORS}
 
     @task(cache_policy=NO_CACHE)
     def send_one(decision):

@@ -10,7 +10,6 @@ import pytest
 from urllib3 import HTTPHeaderDict
 
 from connectors.registry import CONNECTORS
-from connectors.settings import VendorSettings
 from connectors.wire import Response
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from urllib3.exceptions import NewConnectionError, ProtocolError, ReadTimeoutError
 
 from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable
-from connectors.registry import CONNECTORS
 from connectors.reading import Action
+from connectors.registry import CONNECTORS
 from connectors.sending.ratelimit import GlobalLimitError
 from connectors.settings import VendorSettings
 from connectors.vendors.accounteer import UnsupportedDecision
@@ -420,17 +420,98 @@ TABLE = [
     ),
     ("modulus", "approve", 200, "<html>", {}, Action.FAIL, ErrorCode.BAD_RESPONSE, None),
     ("modulus", "approve", 400, MODULUS_ERR, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5505"),
-    ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}}, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5526"),
-    ("modulus", "cancel", 400, {"result": False, "title": "Error", "message": "The void date cannot be in the future."}, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, None),
-    ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Invoice not found.", "object": {"error_code": 5504}}, {}, Action.FAIL, ErrorCode.NOT_FOUND, "5504"),
-    ("modulus", "approve", 400, {**MODULUS_ERR, "message": "Invoice already has this status.", "object": {"error_code": 5512}}, {}, Action.SUCCEED, None, None),
-    ("modulus", "approve", 401, {"result": False, "title": "Error", "message": "Invalid or expired token."}, {}, Action.REAUTH, ErrorCode.AUTH_FAILED, None),
+    (
+        "modulus",
+        "approve",
+        400,
+        {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}},
+        {},
+        Action.FAIL,
+        ErrorCode.VENDOR_REJECTED,
+        "5526",
+    ),
+    (
+        "modulus",
+        "cancel",
+        400,
+        {"result": False, "title": "Error", "message": "The void date cannot be in the future."},
+        {},
+        Action.FAIL,
+        ErrorCode.VENDOR_REJECTED,
+        None,
+    ),
+    (
+        "modulus",
+        "approve",
+        400,
+        {**MODULUS_ERR, "message": "Invoice not found.", "object": {"error_code": 5504}},
+        {},
+        Action.FAIL,
+        ErrorCode.NOT_FOUND,
+        "5504",
+    ),
+    (
+        "modulus",
+        "approve",
+        400,
+        {**MODULUS_ERR, "message": "Invoice already has this status.", "object": {"error_code": 5512}},
+        {},
+        Action.SUCCEED,
+        None,
+        None,
+    ),
+    (
+        "modulus",
+        "approve",
+        401,
+        {"result": False, "title": "Error", "message": "Invalid or expired token."},
+        {},
+        Action.REAUTH,
+        ErrorCode.AUTH_FAILED,
+        None,
+    ),
     # Documented: a 500 carrying a 55xx code refuses the change; a 500 without one is an outage.
     ("modulus", "approve", 500, MODULUS_ERR, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5505"),
-    ("modulus", "approve", 500, {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}}, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "5526"),
-    ("modulus", "approve", 500, {"result": False, "title": "Error", "message": "Internal server error.", "object": {"error_code": 5000}}, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, "5000"),
-    ("modulus", "approve", 500, {"result": False, "title": "Error", "message": "Internal server error."}, {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None),
-    ("modulus", "approve", 500, "<html>Internal Server Error</html>", {}, Action.RETRY, ErrorCode.RETRIES_EXHAUSTED, None),
+    (
+        "modulus",
+        "approve",
+        500,
+        {**MODULUS_ERR, "message": "Missing status", "object": {"error_code": 5526}},
+        {},
+        Action.FAIL,
+        ErrorCode.VENDOR_REJECTED,
+        "5526",
+    ),
+    (
+        "modulus",
+        "approve",
+        500,
+        {"result": False, "title": "Error", "message": "Internal server error.", "object": {"error_code": 5000}},
+        {},
+        Action.RETRY,
+        ErrorCode.RETRIES_EXHAUSTED,
+        "5000",
+    ),
+    (
+        "modulus",
+        "approve",
+        500,
+        {"result": False, "title": "Error", "message": "Internal server error."},
+        {},
+        Action.RETRY,
+        ErrorCode.RETRIES_EXHAUSTED,
+        None,
+    ),
+    (
+        "modulus",
+        "approve",
+        500,
+        "<html>Internal Server Error</html>",
+        {},
+        Action.RETRY,
+        ErrorCode.RETRIES_EXHAUSTED,
+        None,
+    ),
     ("modulus", "approve", 429, None, {"Retry-After": "2"}, Action.RETRY, ErrorCode.RATE_LIMITED, None),
 ]
 
@@ -554,11 +635,17 @@ def test_accounteer_settings_take_either_way_in():
     assert A(grant).refreshes and "client-secret-c9d2" not in repr(grant)
     lone = A.settings_from_env({"ACCOUNTEER_BASE_URL": "https://a.test", "ACCOUNTEER_ACCESS_TOKEN": "tok-123456"})
     assert lone.usable and not A(lone).refreshes
-    partial = A.settings_from_env({**GRANT_ENV, "ACCOUNTEER_CLIENT_SECRET": "", "ACCOUNTEER_ACCESS_TOKEN": "tok-123456"})
-    assert not partial.usable and "ACCOUNTEER_CLIENT_SECRET not set" in partial.problems[0]  # a grant half set is a mistake
+    partial = A.settings_from_env(
+        {**GRANT_ENV, "ACCOUNTEER_CLIENT_SECRET": "", "ACCOUNTEER_ACCESS_TOKEN": "tok-123456"}
+    )
+    assert (
+        not partial.usable and "ACCOUNTEER_CLIENT_SECRET not set" in partial.problems[0]
+    )  # a grant half set is a mistake
     nothing = A.settings_from_env({"ACCOUNTEER_BASE_URL": "https://a.test"})
-    assert nothing.problems == ("no credentials: set ACCOUNTEER_TOKEN_URL, ACCOUNTEER_CLIENT_ID, ACCOUNTEER_CLIENT_SECRET, "
-                                "ACCOUNTEER_REFRESH_TOKEN or else ACCOUNTEER_ACCESS_TOKEN",)
+    assert nothing.problems == (
+        "no credentials: set ACCOUNTEER_TOKEN_URL, ACCOUNTEER_CLIENT_ID, ACCOUNTEER_CLIENT_SECRET, "
+        "ACCOUNTEER_REFRESH_TOKEN or else ACCOUNTEER_ACCESS_TOKEN",
+    )
     insecure = A.settings_from_env({**GRANT_ENV, "ACCOUNTEER_TOKEN_URL": "http://auth.accounteer.test/token"})
     assert insecure.problems[0].startswith("ACCOUNTEER_TOKEN_URL uses plain http")
 
@@ -567,7 +654,9 @@ def test_refresh_grant_request_and_rotation():
     import base64
 
     rotated: list[tuple[str, str]] = []
-    settings = dataclasses.replace(connector("accounteer", GRANT_ENV).settings, save_credential=lambda n, v: rotated.append((n, v)))
+    settings = dataclasses.replace(
+        connector("accounteer", GRANT_ENV).settings, save_credential=lambda n, v: rotated.append((n, v))
+    )
     auth = CONNECTORS["accounteer"](settings).make_auth()
     sent: list[Request] = []
     answers = [token_answer("access-one-aaaa", "refresh-two-5f6c"), token_answer("access-two-bbbb", "refresh-two-5f6c")]
@@ -591,13 +680,19 @@ def test_refresh_grant_request_and_rotation():
 
 
 def test_an_access_token_is_renewed_before_it_expires():
-    from connectors.auth import SessionTokenAuth
-    from connectors.oauth import RefreshGrant
     from pydantic import SecretStr
 
+    from connectors.auth import SessionTokenAuth
+    from connectors.oauth import RefreshGrant
+
     now = [0.0]
-    grant = RefreshGrant("https://t.test/token", SecretStr("id-1234"), SecretStr("secret-1234"), SecretStr("rt-1234"),
-                         vendor="accounteer")
+    grant = RefreshGrant(
+        "https://t.test/token",
+        SecretStr("id-1234"),
+        SecretStr("secret-1234"),
+        SecretStr("rt-1234"),
+        vendor="accounteer",
+    )
     answers = iter([token_answer("access-one-aaaa", expires_in=300), token_answer("access-two-bbbb", expires_in="300")])
     auth = SessionTokenAuth(grant, lifetime=None, header="Authorization", template="Bearer {}", clock=lambda: now[0])
     send = lambda request: next(answers)  # noqa: E731
@@ -621,7 +716,16 @@ def test_an_access_token_is_renewed_before_it_expires():
         (response(302, None, {"Location": "https://sso.test/login"}), AuthUnreadable),
         (response(200, {"access_token": "mac-token-1234", "token_type": "mac"}), AuthUnreadable),
     ],
-    ids=["invalid-grant", "invalid-client", "wrong-url", "unavailable", "throttled", "sign-in-page", "redirect", "not-bearer"],
+    ids=[
+        "invalid-grant",
+        "invalid-client",
+        "wrong-url",
+        "unavailable",
+        "throttled",
+        "sign-in-page",
+        "redirect",
+        "not-bearer",
+    ],
 )
 def test_refresh_grant_failures(answer, error):
     from connectors.auth import SessionTokenAuth
@@ -665,18 +769,28 @@ READS = [
 ]
 
 
-@pytest.mark.parametrize("vendor, decision, status, body, would_change, state", READS,
-                         ids=[f"{r[0]}-{r[1]}-{r[2]}-{i}" for i, r in enumerate(READS)])
+@pytest.mark.parametrize(
+    "vendor, decision, status, body, would_change, state",
+    READS,
+    ids=[f"{r[0]}-{r[1]}-{r[2]}-{i}" for i, r in enumerate(READS)],
+)
 def test_read_state(vendor, decision, status, body, would_change, state):
     c = connector(vendor)
-    d = Decision(1, {"alfred": "000123", "accounteer": "b" * 40, "appzen": "75823296-4af2-4475-aafd-461c60c284e7"}[vendor],
-                 vendor, decision, invoice_number="N-1")
+    d = Decision(
+        1,
+        {"alfred": "000123", "accounteer": "b" * 40, "appzen": "75823296-4af2-4475-aafd-461c60c284e7"}[vendor],
+        vendor,
+        decision,
+        invoice_number="N-1",
+    )
     verdict = c.classify_read(d, c.build_read(d), response=response(status, body))
     assert (verdict.would_change, verdict.vendor_state) == (would_change, state)
     assert verdict.message
 
 
-@pytest.mark.parametrize("status, action", [(401, Action.STOP), (429, Action.RETRY), (503, Action.RETRY), (422, Action.FAIL)])
+@pytest.mark.parametrize(
+    "status, action", [(401, Action.STOP), (429, Action.RETRY), (503, Action.RETRY), (422, Action.FAIL)]
+)
 def test_a_read_answered_otherwise_reads_through_the_table(status, action):
     c = connector("alfred")
     d = Decision(1, "000123", "alfred", "approve")

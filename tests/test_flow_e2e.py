@@ -263,7 +263,12 @@ def test_modulus_500_with_an_invoicing_code_is_a_refusal_not_an_outage(sandbox, 
     results = results_of(tmp_path / "out").set_index("invoice_id")
     assert code == EXIT_ROWS_NOT_DONE
     row = results.loc[refused]
-    assert (row.outcome, row.error_code, row.vendor_error_code, row.attempts) == ("failed", "VENDOR_REJECTED", "5505", 1)
+    assert (row.outcome, row.error_code, row.vendor_error_code, row.attempts) == (
+        "failed",
+        "VENDOR_REJECTED",
+        "5505",
+        1,
+    )
     assert (results.loc[outage, "outcome"], results.loc[outage, "attempts"]) == ("succeeded", 2)  # retried
     assert sandbox.changes("modulus", refused) == 0
 
@@ -283,7 +288,9 @@ def test_an_accounteer_token_refused_mid_run_is_renewed_by_the_refresh_grant(san
     use_refresh_grant(sandbox, monkeypatch)
     rows = seeded_rows(sandbox, 8, vendors=("accounteer",))
     sandbox.inject("accounteer", "expire_token", invoice_id=rows[4]["invoice_id"])  # its access token expires now
-    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    code, _, _ = run(
+        ["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys
+    )
     results = results_of(tmp_path / "out").set_index("invoice_id")
     assert code == EXIT_OK and (results["outcome"] == "succeeded").all()
     assert results.loc[rows[4]["invoice_id"], "attempts"] == 2  # refused once (401), renewed, sent again
@@ -296,7 +303,9 @@ def test_an_accounteer_token_is_renewed_when_it_expires(sandbox, tmp_path, capsy
     monkeypatch.setattr(sandbox, "oauth_token_lifetime", 1.0)  # expires_in: 1 s
     monkeypatch.setenv("ACCOUNTEER_RATE_LIMIT", "10")  # 25 rows: 2.5 s, longer than two token lifetimes
     rows = seeded_rows(sandbox, 25, vendors=("accounteer",))
-    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    code, _, _ = run(
+        ["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys
+    )
     assert code == EXIT_OK and (results_of(tmp_path / "out")["outcome"] == "succeeded").all()
     assert grants(sandbox) >= 3  # renewed ahead of expires_in, again and again
 
@@ -305,7 +314,9 @@ def test_a_refused_refresh_token_stops_accounteer(sandbox, tmp_path, capsys, mon
     use_refresh_grant(sandbox, monkeypatch)
     monkeypatch.setenv("ACCOUNTEER_REFRESH_TOKEN", "sandbox-accounteer-refresh-revoked-0000")
     rows = seeded_rows(sandbox, 10, vendors=("accounteer", "alfred"))
-    code, _, _ = run(["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys)
+    code, _, _ = run(
+        ["run", str(write_decisions(tmp_path / "f.csv", rows)), "--out", str(tmp_path / "out"), "--no-progress"], capsys
+    )
     results = results_of(tmp_path / "out")
     accounteer = results[results["vendor"] == "accounteer"]
     assert code == EXIT_ROWS_NOT_DONE
@@ -375,12 +386,16 @@ def test_a_preview_asks_the_vendors_and_changes_nothing(sandbox, tmp_path, capsy
     """`--dry-run --check-vendors` the day before month end: what would change, what is done, what is unknown."""
     use_refresh_grant(sandbox, monkeypatch)  # reads go through the same auth: Accounteer's token fetched too
     rows = seeded_rows(sandbox, 2, vendors=("alfred", "accounteer", "appzen"))  # pending/draft: would change
-    done = seed_approvals(sandbox, "alfred", [7], status="approved") + seed_approvals(sandbox, "accounteer", [7], status="approved")
+    done = seed_approvals(sandbox, "alfred", [7], status="approved") + seed_approvals(
+        sandbox, "accounteer", [7], status="approved"
+    )
     done += seed_approvals(sandbox, "appzen", [7], status="Approved")
     missing = [{"invoice_id": "A99999", "vendor": "alfred", "decision": "approve"}]  # alfred does not know it
     modulus = seeded_rows(sandbox, 1, vendors=("modulus",))  # modulus documents no read
     path = write_decisions(tmp_path / "f.csv", rows + done + missing + modulus)
-    code, out, _ = run(["run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--check-vendors", "--no-progress"], capsys)
+    code, out, _ = run(
+        ["run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--check-vendors", "--no-progress"], capsys
+    )
     results = results_of(tmp_path / "out").set_index("invoice_id")
 
     assert code == EXIT_OK and (results["outcome"] == "skipped").all() and (results["attempts"] == 0).all()

@@ -287,8 +287,12 @@ def test_setting_and_block_names():
     assert "MODULUS_SECRET" in names and "APPZEN_CUSTOMER_ID" in names and len(names) == 16
     assert block_name("ALFRED_API_KEY") == "alfred-api-key"
     assert setting_names(["accounteer"]) == [
-        "ACCOUNTEER_BASE_URL", "ACCOUNTEER_TOKEN_URL", "ACCOUNTEER_ACCESS_TOKEN",
-        "ACCOUNTEER_CLIENT_ID", "ACCOUNTEER_CLIENT_SECRET", "ACCOUNTEER_REFRESH_TOKEN",
+        "ACCOUNTEER_BASE_URL",
+        "ACCOUNTEER_TOKEN_URL",
+        "ACCOUNTEER_ACCESS_TOKEN",
+        "ACCOUNTEER_CLIENT_ID",
+        "ACCOUNTEER_CLIENT_SECRET",
+        "ACCOUNTEER_REFRESH_TOKEN",
     ]
 
 
@@ -305,7 +309,9 @@ class ListLog:
 def test_a_replaced_credential_goes_back_where_it_came_from():
     saved: list[tuple[str, str]] = []
     log = ListLog()
-    from_block = credential_saver("accounteer", {"ACCOUNTEER_REFRESH_TOKEN"}, log=log, save_block=lambda n, v: saved.append((n, v)))
+    from_block = credential_saver(
+        "accounteer", {"ACCOUNTEER_REFRESH_TOKEN"}, log=log, save_block=lambda n, v: saved.append((n, v))
+    )
     from_block("REFRESH_TOKEN", "rotated-1-abcdef")
     from_block("REFRESH_TOKEN", "rotated-2-abcdef")
     assert saved == [("accounteer-refresh-token", "rotated-1-abcdef"), ("accounteer-refresh-token", "rotated-2-abcdef")]
@@ -324,7 +330,9 @@ def test_a_replaced_credential_goes_back_where_it_came_from():
     def broken(name, value):
         raise ConnectionError("Prefect API unreachable")
 
-    credential_saver("accounteer", {"ACCOUNTEER_REFRESH_TOKEN"}, log=log, save_block=broken)("REFRESH_TOKEN", "rotated-9-abcdef")
+    credential_saver("accounteer", {"ACCOUNTEER_REFRESH_TOKEN"}, log=log, save_block=broken)(
+        "REFRESH_TOKEN", "rotated-9-abcdef"
+    )
     ((level, text),) = log.records
     assert level == "error" and "accounteer-refresh-token" in text and "rotated-" not in text
 

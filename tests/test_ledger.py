@@ -68,14 +68,17 @@ OLD_TABLE = """CREATE TABLE decision_ledger (
     state VARCHAR(32) NOT NULL, http_status INTEGER, error_code VARCHAR(32), vendor_error_code VARCHAR(64),
     error_message TEXT, attempts INTEGER NOT NULL, run_id VARCHAR(64) NOT NULL, updated_at {stamp} NOT NULL,
     PRIMARY KEY (vendor, invoice_id))"""
-OLD_ROW = ("INSERT INTO decision_ledger VALUES ('alfred', '000777', 'approve||', 'succeeded', 202, NULL, NULL, '', 1, "
-           "'run-old', '2026-10-31 18:00:00')")
+OLD_ROW = (
+    "INSERT INTO decision_ledger VALUES ('alfred', '000777', 'approve||', 'succeeded', 202, NULL, NULL, '', 1, "
+    "'run-old', '2026-10-31 18:00:00')"
+)
 
 
 def exercise_upgrade(url: str, stamp: str, openers: int = 1) -> None:
     """A ledger created before `vendor_reference` keeps its rows and gains the column (several openers at once)."""
-    import sqlalchemy as sa
     from concurrent.futures import ThreadPoolExecutor
+
+    import sqlalchemy as sa
 
     engine = sa.create_engine(url)
     with engine.begin() as conn:
@@ -89,7 +92,9 @@ def exercise_upgrade(url: str, stamp: str, openers: int = 1) -> None:
         ledger = ledgers[0]
         old = ledger.lookup(["alfred"]).set_index("invoice_id").loc["000777"]
         assert (old["state"], old["run_id"]) == ("succeeded", "run-old") and pd.isna(old["vendor_reference"])
-        ledger.record(Decision(1, "000778", "alfred", "approve"), result(1, Outcome.SUCCEEDED, reference="req-42"), "run-new")
+        ledger.record(
+            Decision(1, "000778", "alfred", "approve"), result(1, Outcome.SUCCEEDED, reference="req-42"), "run-new"
+        )
         rows = ledger.lookup(["alfred"]).set_index("invoice_id")
         assert rows.loc["000778", "vendor_reference"] == "req-42" and len(rows) == 2
     finally:
@@ -193,8 +198,14 @@ def test_rerun_sends_only_what_is_not_done(sandbox, tmp_path, capsys, monkeypatc
 @pytest.mark.usefixtures("prefect_server")
 def test_the_vendors_reference_is_in_the_results_and_the_ledger_and_on_reruns(sandbox, tmp_path, capsys, state_dir):
     rows = [row for v in ("appzen", "alfred") for row in seed_approvals(sandbox, v, range(3))]
-    rows.append({"invoice_id": "00000000-0000-4000-8000-00000000ffff", "vendor": "appzen", "decision": "approve",
-                 "invoice_number": "N-x"})  # unknown to AppZen: its 404 is named too
+    rows.append(
+        {
+            "invoice_id": "00000000-0000-4000-8000-00000000ffff",
+            "vendor": "appzen",
+            "decision": "approve",
+            "invoice_number": "N-x",
+        }
+    )  # unknown to AppZen: its 404 is named too
     path = tmp_path / "d.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     assert run(["run", str(path), "--out", str(tmp_path / "r1")], capsys) == EXIT_ROWS_NOT_DONE

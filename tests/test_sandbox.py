@@ -187,7 +187,10 @@ def test_portal_answers_a_sign_in_page_to_anything(http: requests.Session, sandb
         r = http.request(method, f"{base}/invoice/A1", json={"status": "approved"}, headers=ALFRED_HEADERS)
         assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
         assert "<title>Sign in</title>" in r.text
-    assert [(m, p) for _, m, p in sandbox.portal_requests()][0] == ("GET", "/portal/alfred/api/v1/third-party-service/invoice/A1")
+    assert next((m, p) for _, m, p in sandbox.portal_requests()) == (
+        "GET",
+        "/portal/alfred/api/v1/third-party-service/invoice/A1",
+    )
     assert sandbox.request_log("alfred") == [] and sandbox.changes("alfred", "A1") == 0
     sandbox.reset()
     assert sandbox.portal_requests() == []
@@ -309,7 +312,9 @@ def refresh(http, sb, refresh_token, auth=(C["ACCOUNTEER_CLIENT_ID"], C["ACCOUNT
 
 def test_accounteer_refresh_grant_rotates_and_expires(http: requests.Session, sandbox: Sandbox) -> None:
     env = sandbox.env(refresh_grant=True)
-    assert "ACCOUNTEER_ACCESS_TOKEN" not in env and env["ACCOUNTEER_TOKEN_URL"] == f"{sandbox.url}/accounteer/oauth/token"
+    assert (
+        "ACCOUNTEER_ACCESS_TOKEN" not in env and env["ACCOUNTEER_TOKEN_URL"] == f"{sandbox.url}/accounteer/oauth/token"
+    )
     assert {"ACCOUNTEER_CLIENT_ID", "ACCOUNTEER_CLIENT_SECRET", "ACCOUNTEER_REFRESH_TOKEN"} <= set(env)
     sandbox.seed("accounteer", ACC_ID)
     first = refresh(http, sandbox, env["ACCOUNTEER_REFRESH_TOKEN"])
@@ -353,7 +358,9 @@ def test_accounteer_read(http: requests.Session, sandbox: Sandbox) -> None:
     sandbox.seed("accounteer", ACC_ID, status="approved")
     r = http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}", headers=ACCOUNTEER_HEADERS)
     assert r.status_code == 200 and r.json()["status"] == "approved" and r.headers["X-Request-Id"]
-    assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{'f' * 40}", headers=ACCOUNTEER_HEADERS).status_code == 404
+    assert (
+        http.get(f"{sandbox.base_url('accounteer')}/invoices/{'f' * 40}", headers=ACCOUNTEER_HEADERS).status_code == 404
+    )
     assert http.get(f"{sandbox.base_url('accounteer')}/invoices/{ACC_ID}").status_code == 401
     assert sandbox.changes("accounteer", ACC_ID) == 0
 

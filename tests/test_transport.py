@@ -459,10 +459,14 @@ def test_every_token_request_takes_a_rate_limit_slot():
             self.slots += 1
             return super().acquire()
 
-    http = ScriptedHttp([(200, json.loads(token_answer().content)),
-                         (401, {"error": "invalid_token", "error_description": "The access token expired"}),
-                         (200, json.loads(token_answer("access-two-bbbb").content)),
-                         (200, {"id": "b" * 40, "status": "approved"})])
+    http = ScriptedHttp(
+        [
+            (200, json.loads(token_answer().content)),
+            (401, {"error": "invalid_token", "error_description": "The access token expired"}),
+            (200, json.loads(token_answer("access-two-bbbb").content)),
+            (200, {"id": "b" * 40, "status": "approved"}),
+        ]
+    )
     limiter = CountingLimiter()
     c = VendorClient(connector("accounteer", GRANT_ENV), http=http, limiter=limiter, sleep=lambda s: None)
     result = c.send(decision(vendor="accounteer", invoice_id="b" * 40))
