@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pandas.core.arrays.integer import IntegerDtype
 
-from connectors.vocabulary import Outcome, RowResult
+from connectors.vocabulary import ErrorCode, Outcome, RowResult
 from flows.pipeline.files import atomic_write
 from flows.pipeline.planning import Plan
 
@@ -46,6 +46,13 @@ class RunSummary:
     dry_run: bool = False
     seconds: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM": the run was stopped before it was done
+    sent: int = 0  # rows whose request went out in this run
+    not_sent: int = 0  # rows the stop kept from being sent (INTERRUPTED, attempts 0)
+
+    def stop_text(self) -> str:
+        """What a stopped run says: rows sent, rows not sent, then the counts."""
+        return f"stopped by {self.stopped_by}: {self.sent} rows sent, {self.not_sent} not sent; {self.counts_text()}"
 
     @property
     def all_done(self) -> bool:
@@ -243,7 +250,9 @@ def _utc_text(column: pd.Series):
     return text
 
 
-def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool = False) -> RunSummary:
+def summarize(
+    results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool = False, stopped_by: str | None = None
+) -> RunSummary:
     """Counts by outcome and by vendor, and each vendor's most frequent error codes."""
     order = [o.value for o in Outcome]
     counts = results["outcome"].value_counts()
@@ -263,4 +272,7 @@ def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool 
         by_vendor=by_vendor,
         top_errors=top,
         dry_run=dry_run,
+        stopped_by=stopped_by,
+        sent=int((results["attempts"] > 0).sum()),
+        not_sent=int(((results["error_code"] == ErrorCode.INTERRUPTED.value) & (results["attempts"] == 0)).sum()),
     )
