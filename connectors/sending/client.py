@@ -207,19 +207,23 @@ class VendorClient:
             )
         attempt: Attempt = self._attempt(request)
         attempts = 1
+        answered = attempt  # the last try that went out
         if self._should_retry(attempt) and self.settings.max_attempts > 1:
             # Only a row that needs another try pays for tenacity (a Retrying copy and its
             # loop per row add up at hundreds of rows a second); it starts from this answer.
             first = [attempt]
 
             def again(request: Request) -> Attempt:
-                return first.pop() if first else self._attempt(request)
+                nonlocal answered
+                tried = first.pop() if first else self._attempt(request)
+                answered = tried if tried.sent else answered
+                return tried
 
             retrying = self._retrying.copy()
             attempt = retrying(again, request)
             attempts = retrying.statistics.get("attempt_number", 1)
         if not attempt.sent and attempt.verdict.error_code is ErrorCode.INTERRUPTED:
-            return self._interrupted(decision, attempts - 1, attempt)  # the run stopped before this try
+            return self._interrupted(decision, attempts - 1, answered)  # the run stopped before this try
         if not attempt.sent:  # another row found the credentials refused while this one waited
             return self._not_sent(decision, attempts - 1)
         if attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self.run_stop.is_set():
@@ -302,13 +306,14 @@ class VendorClient:
         """A row the run's stop caught before it was sent, or between two of its tries."""
         if attempts == 0:
             message = "not sent: the run was stopped before this row's turn; the next run sends it"
+            last = None
         else:
             said = f"; last: {last.verdict.message}" if last is not None and last.sent else ""
             message = f"retries stopped after {attempts} attempts: the run was stopped; the next run sends it{said}"
         return RowResult(
             decision.row_number,
             Outcome.FAILED,
-            last.http_status if last is not None and attempts else None,
+            last.http_status if last is not None else None,
             ErrorCode.INTERRUPTED,
             None,
             redact(message),

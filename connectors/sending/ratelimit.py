@@ -54,6 +54,8 @@ HEADROOM = 0.97
 # ~31 ms the headroom leaves in every 1-second window, 10 ms go to this; the rest covers the
 # trip from our thread to the vendor's clock.
 LATE_TOLERANCE = 0.010
+# Processes sharing one rate through a MachineSchedule aim lower still (see there).
+SHARED_HEADROOM = 0.93
 
 
 def spacing(rate: float | None) -> float:
@@ -71,18 +73,23 @@ def spacing(rate: float | None) -> float:
 class MachineSchedule:
     """One vendor's next free send slot, shared by every process on this machine.
 
-    A file of 8 bytes (the slot, in seconds of the machine-wide monotonic clock) that a process
-    locks (`flock`) only while it reads and moves it: a few microseconds, never while it
-    sleeps, so a stopped or killed process holds nothing up (the kernel drops a dead process's
-    lock). A slot is taken only when it is due, from the time it was due: the same rule as a
-    `RateLimiter`'s own (late by more than `LATE_TOLERANCE` moves the schedule with the caller),
-    so several processes together send no more than one of them would, evenly spaced.
+    A file of 16 bytes (the slot, in seconds of the machine-wide monotonic clock, and the PID
+    that set it) that a process locks (`flock`) only while it reads and moves it: a few
+    microseconds, never while it sleeps, so a stopped or killed process holds nothing up (the
+    kernel drops a dead process's lock). A slot is taken only when it is due, and the next one
+    is due a full interval after the later of the two (when it was due, when it was taken).
+
+    While another process took the last slot, the interval is widened to `SHARED_HEADROOM` of
+    the rate: the trips from different processes to the vendor vary independently (on a busy
+    machine one waits tens of ms for a core after its slot), and a late arrival at the start
+    of a second must not let one more in at its end. A process alone keeps its own spacing.
     """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._pid = os.getpid()
 
     @classmethod
     def for_vendor(cls, folder: Path, vendor: str, base_url: str) -> MachineSchedule:
@@ -90,18 +97,21 @@ class MachineSchedule:
         digest = hashlib.sha256(base_url.encode()).hexdigest()[:16]
         return cls(folder / f"{vendor}-{digest}.slot")
 
-    def take(self, now: float, interval: float) -> float:
-        """Take the slot if it is due at `now` (returns 0.0); otherwise the seconds until it is."""
+    def take(self, clock: Callable[[], float], interval: float) -> float:
+        """Take the slot if it is due now (returns 0.0); otherwise the seconds until it is."""
         assert fcntl is not None  # limiter_for builds none without it
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            raw = os.pread(self._fd, 8, 0)
-            due = struct.unpack("d", raw)[0] if len(raw) == 8 else 0.0
-            if due - now > interval:
+            now = clock()  # read under the lock: never older than the slot another process just wrote
+            raw = os.pread(self._fd, 16, 0)
+            due, pid = struct.unpack("dq", raw) if len(raw) == 16 else (0.0, 0)
+            shared = pid != self._pid and now - due < 1.0  # another process sent within the last second
+            gap = interval * HEADROOM / SHARED_HEADROOM if shared else interval
+            if due - now > gap + 1e-6:
                 due = 0.0  # written before a reboot (the clock restarted), or garbage: not a slot
             if due > now:
                 return due - now
-            os.pwrite(self._fd, struct.pack("d", max(due, now - LATE_TOLERANCE) + interval), 0)
+            os.pwrite(self._fd, struct.pack("dq", max(due, now) + gap, self._pid), 0)
             return 0.0
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -169,7 +179,7 @@ class RateLimiter:
                     if self._pauses != pauses:
                         continue  # a 429 came in while we waited: wait for the pause too
                 if self.machine is not None and self.interval:
-                    due_in = self.machine.take(self._clock(), self.interval)
+                    due_in = self.machine.take(self._clock, self.interval)
                     if due_in > 0:  # another process on this machine has the slot: wait for the next
                         self._sleep(due_in)
                         waited += due_in
