@@ -25,10 +25,10 @@ ROWS = 200  # alfred rows: 20 s at 10/s, cancelled after 30 requests
 CONCURRENCY = 4
 
 
-def _flow_runs(server, flow_name: str) -> list:
+def _flow_runs(prefect, flow_name: str) -> list:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    with server.client() as client:
+    with prefect.client() as client:
         return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
 
 
@@ -54,10 +54,24 @@ def test_cancelling_a_deployment_run_through_the_api_stops_it_cleanly(server, de
         }
         parameters = {"inbox": str(inbox), "settle_seconds": 0}
         try:
-            worker = server.spawn(f"cancel-worker-{uuid.uuid4().hex[:6]}", "worker", "start", "--pool", POOL,
-                                  "--type", "process", "--limit", "1")
-            run = run_deployment("process-inbox/decision-file-drop", parameters=parameters,
-                                 job_variables={"env": job_env}, timeout=0, flow_run_name="cancel-me")
+            worker = server.spawn(
+                f"cancel-worker-{uuid.uuid4().hex[:6]}",
+                "worker",
+                "start",
+                "--pool",
+                POOL,
+                "--type",
+                "process",
+                "--limit",
+                "1",
+            )
+            run = run_deployment(
+                "process-inbox/decision-file-drop",
+                parameters=parameters,
+                job_variables={"env": job_env},
+                timeout=0,
+                flow_run_name="cancel-me",
+            )
             deadline = time.monotonic() + 300
             while len(sandbox.request_log("alfred")) < 30:  # it is sending: cancel it now
                 assert time.monotonic() < deadline, server.tail("server")
@@ -89,8 +103,13 @@ def test_cancelling_a_deployment_run_through_the_api_stops_it_cleanly(server, de
 
             # dropped in again: the next run sends the rest, nothing twice
             shutil.move(str(rejected), inbox / "month-end.csv")
-            again = run_deployment("process-inbox/decision-file-drop", parameters=parameters,
-                                   job_variables={"env": job_env}, timeout=0, flow_run_name="after-cancel")
+            again = run_deployment(
+                "process-inbox/decision-file-drop",
+                parameters=parameters,
+                job_variables={"env": job_env},
+                timeout=0,
+                flow_run_name="after-cancel",
+            )
             (done,) = wait_final(server, [again.id], timeout=300)
             assert done.state.type.value == "COMPLETED", done.state
             for d in decisions:

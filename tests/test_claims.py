@@ -9,6 +9,7 @@ not by timing: the first run's requests are held until the second run's first re
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -221,7 +222,7 @@ def _busiest_second(times: list[float]) -> str:
         if j - i + 1 > best:
             best, first = j - i + 1, i
     window = times[first : first + best]
-    return f"{best} arrivals within 1 s from {window[0]}, gaps ms: {[round(1000 * (b - a), 1) for a, b in zip(window, window[1:])]}"
+    return f"{best} arrivals within 1 s from {window[0]}, gaps ms: {[round(1000 * (b - a), 1) for a, b in itertools.pairwise(window)]}"
 
 
 def _write(rows: list[dict], path: Path) -> Path:

@@ -183,8 +183,10 @@ def _client(sandbox, stop, **env):
 
 
 def test_after_the_stop_no_request_starts_and_the_rest_is_interrupted(sandbox):
-    decisions = [Decision(i + 1, d["invoice_id"], "alfred", "approve") for i, d in enumerate(
-        seed_approvals(sandbox, "alfred", range(60)))]
+    decisions = [
+        Decision(i + 1, d["invoice_id"], "alfred", "approve")
+        for i, d in enumerate(seed_approvals(sandbox, "alfred", range(60)))
+    ]
     stop = threading.Event()
     client = _client(sandbox, stop, ALFRED_RATE_LIMIT="20", ALFRED_MAX_CONCURRENCY="4")
     answered: list[int] = []
