@@ -65,13 +65,17 @@ def test_cancelling_a_deployment_run_through_the_api_stops_it_cleanly(server, de
                 "--limit",
                 "1",
             )
-            run = run_deployment(
-                "process-inbox/decision-file-drop",
-                parameters=parameters,
-                job_variables={"env": job_env},
-                timeout=0,
-                flow_run_name="cancel-me",
-            )
+
+            def start_run(name: str):
+                return run_deployment(
+                    "process-inbox/decision-file-drop",
+                    parameters=parameters,
+                    job_variables={"env": job_env},
+                    timeout=0,
+                    flow_run_name=name,
+                )
+
+            run = start_run("cancel-me")
             deadline = time.monotonic() + 300
             while len(sandbox.request_log("alfred")) < 30:  # it is sending: cancel it now
                 assert time.monotonic() < deadline, server.tail("server")
@@ -86,6 +90,11 @@ def test_cancelling_a_deployment_run_through_the_api_stops_it_cleanly(server, de
 
             assert final.state.type.value == "CANCELLED", (final.state, [p.read_text()[-3000:] for p in server.logs])
             assert took < 45  # the worker's grace is 30 s; the run stops in a few
+            with server.client() as client:
+                history = [(st.type.value, st.message) for st in client.read_flow_run_states(run.id)]
+            print("cancel took", round(took, 1), "s; parent states:", history)
+            # The flow's own Cancelled state names each file and its counts.
+            assert any(t == "CANCELLED" and "stopped by SIGTERM" in (m or "") and "not sent" in m for t, m in history)
             (sync_run,) = [r for r in _flow_runs(server, "invoice-sync") if r.parent_task_run_id is not None]
             assert sync_run.state.type.value == "CANCELLED"
             assert "stopped by SIGTERM" in sync_run.state.message and "not sent" in sync_run.state.message
@@ -103,17 +112,17 @@ def test_cancelling_a_deployment_run_through_the_api_stops_it_cleanly(server, de
 
             # dropped in again: the next run sends the rest, nothing twice
             shutil.move(str(rejected), inbox / "month-end.csv")
-            again = run_deployment(
-                "process-inbox/decision-file-drop",
-                parameters=parameters,
-                job_variables={"env": job_env},
-                timeout=0,
-                flow_run_name="after-cancel",
-            )
+            again = start_run("after-cancel")
             (done,) = wait_final(server, [again.id], timeout=300)
             assert done.state.type.value == "COMPLETED", done.state
             for d in decisions:
                 assert sandbox.changes("alfred", d["invoice_id"]) == 1
+            with server.client() as client:  # long after the cancelled process exited
+                print(
+                    "parent states, later:",
+                    [(st.type.value, st.message) for st in client.read_flow_run_states(run.id)][-2:],
+                )
+                assert client.read_flow_run(run.id).state.type.value == "CANCELLED"
         finally:
             if worker is not None:
                 stop(worker)

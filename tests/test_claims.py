@@ -111,6 +111,14 @@ def test_postgres_claims(postgres_url):  # noqa: F811 - the fixture
         ledger.close()
 
 
+def _together(work: list) -> None:
+    threads = [threading.Thread(target=w) for w in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_concurrent_claims_on_one_chunk_give_each_row_to_one_run(tmp_path, request):
     url = f"sqlite:///{tmp_path / 'l.sqlite'}"
     ledgers = [Ledger(url) for _ in range(4)]
@@ -122,11 +130,7 @@ def test_concurrent_claims_on_one_chunk_give_each_row_to_one_run(tmp_path, reque
         barrier.wait()
         won[k] = [d.row_number for d in ledgers[k].claim(rows, ClaimHolder.for_run(f"run-{k}")).won]
 
-    threads = [threading.Thread(target=claim, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _together([lambda k=k: claim(k) for k in range(4)])
     for ledger in ledgers:
         ledger.close()
     everyone = [row for rows_won in won.values() for row in rows_won]
@@ -148,11 +152,7 @@ def test_a_machine_schedule_spaces_two_limiters_as_one(tmp_path):
             with lock:
                 times.append(time.monotonic())
 
-    threads = [threading.Thread(target=send, args=(limiter,)) for limiter in limiters]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _together([lambda limiter=limiter: send(limiter) for limiter in limiters])
     for limiter in limiters:
         limiter.close()
     assert max_in_window(times) <= 50  # two limiters of 50/s each: 50/s together

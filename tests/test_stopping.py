@@ -44,11 +44,13 @@ def _env(sandbox, tmp_path, **extra) -> dict[str, str]:
     return env
 
 
-def _decision_file(sandbox, tmp_path, rows: int):
+def _start_run(sandbox, tmp_path, rows: int):
+    """`invoice-sync run` on `rows` alfred approvals (results in tmp_path/out): (path, decisions, env, process)."""
     decisions = seed_approvals(sandbox, "alfred", range(rows))
     path = tmp_path / "d.csv"
     pd.DataFrame(decisions).to_csv(path, index=False)
-    return path, decisions
+    env = _env(sandbox, tmp_path)
+    return path, decisions, env, _cli(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], env)
 
 
 def _wait_for_requests(sandbox, proc, count: int, timeout: float = 180) -> None:
@@ -57,6 +59,14 @@ def _wait_for_requests(sandbox, proc, count: int, timeout: float = 180) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run did not start sending"
         time.sleep(0.02)
+
+
+def _hang_the_vendor(sandbox, proc, after: int) -> None:
+    """After `after` requests the vendor hangs (25 s, longer than the stop's grace); returns once
+    every sender waits on a hanging answer. The caller sets `sandbox.latency` back to 0."""
+    _wait_for_requests(sandbox, proc, after)
+    sandbox.latency = 25.0
+    _wait_for_requests(sandbox, proc, len(changing_requests(sandbox, "alfred")) + CONCURRENCY)
 
 
 def _signal_and_wait(proc, signum) -> float:
@@ -94,9 +104,7 @@ def _rerun_finishes_the_rest(sandbox, tmp_path, env, path, decisions, first: pd.
 
 @pytest.mark.e2e
 def test_sigint_stops_sending_writes_every_result_and_exits_130(sandbox, tmp_path):
-    path, decisions = _decision_file(sandbox, tmp_path, 300)  # 15 s at 20/s: stopped well before the end
-    env = _env(sandbox, tmp_path)
-    proc = _cli(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], env)
+    path, decisions, env, proc = _start_run(sandbox, tmp_path, 300)  # 15 s at 20/s: stopped well before the end
     _wait_for_requests(sandbox, proc, 40)
     took = _signal_and_wait(proc, signal.SIGINT)
     stdout, stderr = proc.communicate()
@@ -119,14 +127,9 @@ def test_sigint_stops_sending_writes_every_result_and_exits_130(sandbox, tmp_pat
 
 @pytest.mark.e2e
 def test_sigterm_with_a_slow_vendor_gives_requests_in_flight_a_grace_and_exits_143(sandbox, tmp_path):
-    path, decisions = _decision_file(sandbox, tmp_path, 120)
-    env = _env(sandbox, tmp_path)
-    proc = _cli(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], env)
-    _wait_for_requests(sandbox, proc, 20)
-    sandbox.latency = 25.0  # the vendor hangs: every request now in flight outlasts the stop's grace
+    path, decisions, env, proc = _start_run(sandbox, tmp_path, 120)
     try:
-        seen = len(changing_requests(sandbox, "alfred"))
-        _wait_for_requests(sandbox, proc, seen + CONCURRENCY)  # every sender waits on a hanging answer
+        _hang_the_vendor(sandbox, proc, after=20)
         took = _signal_and_wait(proc, signal.SIGTERM)
         _, stderr = proc.communicate()
         assert proc.returncode == 143, stderr.decode()[-3000:]
@@ -149,14 +152,9 @@ def test_sigterm_with_a_slow_vendor_gives_requests_in_flight_a_grace_and_exits_1
 
 @pytest.mark.e2e
 def test_a_second_ctrl_c_leaves_at_once(sandbox, tmp_path):
-    path, _ = _decision_file(sandbox, tmp_path, 120)
-    env = _env(sandbox, tmp_path)
-    proc = _cli(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"], env)
-    _wait_for_requests(sandbox, proc, 10)
-    sandbox.latency = 25.0
+    proc = _start_run(sandbox, tmp_path, 120)[-1]
     try:
-        seen = len(changing_requests(sandbox, "alfred"))
-        _wait_for_requests(sandbox, proc, seen + CONCURRENCY)
+        _hang_the_vendor(sandbox, proc, after=10)
         sent_at = time.monotonic()
         # Ctrl-C, then Ctrl-C again: signals that arrive together count once, so keep pressing
         # (every 0.1 s, well inside the 5 s grace) until it has gone.

@@ -277,7 +277,7 @@ class Ledger:
             f"SELECT invoice_id, payload, run_id, updated_at FROM {ledger} "
             f"WHERE vendor = {m} AND invoice_id IN ({{keys}}) AND state = '{LedgerState.SUCCEEDED.value}'"
         )
-        self._release_sql = f"DELETE FROM {claims} WHERE vendor = {m} AND holder = {m} AND invoice_id = {m}"
+        self._release_sql = f"DELETE FROM {claims} WHERE vendor = {m} AND holder = {m} AND invoice_id IN ({{keys}})"
 
     def claim(self, decisions: Iterable[Decision], holder: ClaimHolder, lease: float = CLAIM_LEASE) -> Claims:
         """Claim decisions of one vendor for `holder`, in one transaction: see the module's docstring."""
@@ -297,9 +297,13 @@ class Ledger:
                 )
                 retaken = [k for k, (token, _, _) in others.items() if token in gone]
                 won |= self._claim_rows(conn, vendor, [by_invoice[k] for k in retaken], holder, lease)
+        # Read after the claim's commit (outside the write lock the ledger's writer also needs): a
+        # success recorded by the run that held a row before is committed before that run let go.
+        with self.engine.connect() as conn:
             done = self._succeeded(conn, vendor, [by_invoice[k] for k in sorted(won)])
-            if done:  # answered meanwhile by another run: not ours to send
-                self._delete_claims(conn, vendor, list(done), holder)
+        if done:  # answered meanwhile by another run: not ours to send
+            with self.engine.begin() as conn:
+                self._delete_claims(conn, vendor, sorted(done), holder)
         claims = Claims([by_invoice[k] for k in keys if k in won and k not in done])
         for key, (_, run_id, until) in others.items():
             if key not in won:
@@ -346,7 +350,10 @@ class Ledger:
         return {key: (run_id, _utc(when)) for key, payload, run_id, when in found if payloads[key] == payload}
 
     def _delete_claims(self, conn, vendor: str, keys: list[str], holder: ClaimHolder) -> None:
-        conn.exec_driver_sql(self._release_sql, [(vendor, holder.token, key) for key in keys])
+        for start in range(0, len(keys), CLAIM_BATCH):
+            part = keys[start : start + CLAIM_BATCH]
+            text = self._release_sql.format(keys=", ".join([self._mark] * len(part)))
+            conn.exec_driver_sql(text, (vendor, holder.token, *part))
 
     def _select(self, conn, sql: str, vendor: str, keys: list[str], *extra: str, rows: bool = False) -> list:
         """Run `sql` (its `{keys}` a list of placeholders) over `keys`, CLAIM_BATCH at a time."""
