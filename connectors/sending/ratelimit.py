@@ -77,10 +77,11 @@ class MachineSchedule:
     that set it) that a process locks (`flock`) only while it reads and moves it: a few
     microseconds, never while it sleeps, so a stopped or killed process holds nothing up (the
     kernel drops a dead process's lock). A slot is taken only when it is due, and the next one
-    is due a full interval after the later of the two (when it was due, when it was taken).
+    is due an interval after it, by a process's own rule (late by more than `LATE_TOLERANCE`
+    moves the schedule with the caller).
 
     While another process took the last slot, the interval is widened to `SHARED_HEADROOM` of
-    the rate: the trips from different processes to the vendor vary independently (on a busy
+    the rate, from the later of due and taken (no catch-up): the trips from different processes to the vendor vary independently (on a busy
     machine one waits tens of ms for a core after its slot), and a late arrival at the start
     of a second must not let one more in at its end. A process alone keeps its own spacing.
     """
@@ -111,7 +112,9 @@ class MachineSchedule:
                 due = 0.0  # written before a reboot (the clock restarted), or garbage: not a slot
             if due > now:
                 return due - now
-            os.pwrite(self._fd, struct.pack("dq", max(due, now) + gap, self._pid), 0)
+            # Alone, a late caller catches up within LATE_TOLERANCE, exactly as its own RateLimiter does.
+            taken = max(due, now) if shared else max(due, now - LATE_TOLERANCE)
+            os.pwrite(self._fd, struct.pack("dq", taken + gap, self._pid), 0)
             return 0.0
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

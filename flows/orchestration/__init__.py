@@ -7,4 +7,5 @@ progress         rows done per vendor (terminal bars, progress artifact)
 secrets          vendor settings as Prefect Secret blocks
 shared_limits    a vendor's rate shared by all workers (a global concurrency limit)
 temporary_server Prefect's temporary API server, launched early by the command
+stopping         SIGINT / SIGTERM set the run's stop; a second one leaves at once
 """
