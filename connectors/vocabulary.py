@@ -36,11 +36,13 @@ class ErrorCode(enum.StrEnum):
     RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"  # 5xx, timeouts or dropped connections until retries ran out
     BAD_RESPONSE = "BAD_RESPONSE"  # an answer we cannot read as success or failure
     CONFIG_MISSING = "CONFIG_MISSING"  # the vendor's settings are missing or unusable
+    INTERRUPTED = "INTERRUPTED"  # the run was stopped before this row was sent (or answered): the next run sends it
     # Decided by the pipeline before anything is sent.
     INVALID_ROW = "INVALID_ROW"  # the row broke a validation rule
     DUPLICATE_ROW = "DUPLICATE_ROW"  # the same decision appears earlier in the file: sent once
     ALREADY_DONE = "ALREADY_DONE"  # an earlier run already succeeded with this decision: not sent again
     CONFLICTING_ROWS = "CONFLICTING_ROWS"  # the file holds opposite decisions for one invoice
+    IN_PROGRESS = "IN_PROGRESS"  # another live run holds this decision's claim: it sends it, not this run
 
 
 class WouldChange(enum.StrEnum):

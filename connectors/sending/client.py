@@ -6,14 +6,21 @@ A `VendorClient` wraps one connector for one run. It turns each `Decision` into 
 and refused credentials stop the vendor so that its remaining rows are not sent at all.
 Retries happen here only: the Prefect tasks above never retry a chunk.
 
+A run's stop (a `threading.Event` the orchestration sets on SIGINT/SIGTERM) is checked before
+every request: once it is set no request starts, backoff and pacing waits end at once, and
+rows not sent yet end `INTERRUPTED` (attempts 0). Requests already in flight get up to
+`STOP_GRACE` seconds for their answer; one still unanswered then is given up on (it is
+`INTERRUPTED` too, with its attempts, and not recorded: the next run sends it again).
+
 A preview (`check`, `check_many`) reads each decision's invoice the same way (auth, limiter,
-retries, stop) and turns it into one `VendorCheck`; it never sends a decision.
+retries, both stops) and turns it into one `VendorCheck`; it never sends a decision.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +44,15 @@ Answer = TypeVar("Answer", RowResult, VendorCheck)
 # How one answer is read: the connector's `classify`, or its `classify_read` for a preview.
 Classify = Callable[..., Verdict]
 
+# Seconds a request in flight when the run is stopped gets for its answer (the default vendor
+# timeout is 30 s; a stop must leave within 15 s). docs/operations.md, "Stopping a run".
+STOP_GRACE = 5.0
+STOP_POLL = 0.25  # how often send_many looks at the stop while its senders work
+
+
+class _StoppedBeforeSending(Exception):
+    """The run's stop was set while this request waited for its slot: it is not sent."""
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -46,6 +62,9 @@ class Attempt:
     http_status: int | None
     sent: bool = True  # False: the vendor had been stopped, so this try sent nothing
     reference: str | None = None  # the vendor's own reference of its answer, if it sent one
+
+
+_STOPPED_BEFORE_SENDING = Verdict(Action.FAIL, ErrorCode.INTERRUPTED, message="the run was stopped")
 
 
 class BackoffWait(wait_base):
@@ -82,18 +101,22 @@ class VendorClient:
         limiter: RateLimiter | GlobalRateLimiter | None = None,
         http: Http | None = None,
         sleep: Callable[[float], None] | None = None,
+        stop: threading.Event | None = None,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         settings = connector.settings
         self.connector = connector
         self.vendor = connector.name
         self.settings = settings
         self.base_url = settings.base_url or ""
-        self.limiter = limiter or limiter_for(settings)
+        self.limiter = limiter or limiter_for(settings, stop=stop)
         self.auth = connector.make_auth()
         self.http = http or Http(settings.max_concurrency)
         self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix=f"send-{self.vendor}")
         self._stopped: tuple[int, Verdict] | None = None
         self._stop_lock = threading.Lock()
+        self.run_stop = stop or threading.Event()  # set by the orchestration: the whole run stops
+        self.stop_grace = stop_grace
         self._retrying = Retrying(
             stop=stop_after_attempt(settings.max_attempts),
             wait=BackoffWait(
@@ -102,7 +125,7 @@ class VendorClient:
             retry=retry_if_result(self._should_retry),
             retry_error_callback=lambda state: cast(Future, state.outcome).result(),  # the last attempt decides
             reraise=True,
-            sleep=sleep or tenacity_sleep,
+            sleep=sleep or (self._backoff if stop is not None else tenacity_sleep),
         )
 
     # -- public -----------------------------------------------------------------------------
@@ -118,9 +141,11 @@ class VendorClient:
         """Send decisions concurrently (up to the vendor's max concurrency); results in input order.
 
         `on_result` runs in the sending thread right after each answer, before that thread
-        sends anything else (the ledger relies on this).
+        sends anything else (the ledger relies on this). After the run's stop, requests in
+        flight get `stop_grace` seconds; a row still unanswered then is reported `INTERRUPTED`
+        (attempts 1) without `on_result`, and its late answer is dropped.
         """
-        return self._concurrently(decisions, self.send, on_result)
+        return self._concurrently(decisions, self.send, on_result, self._unanswered, self._interrupted)
 
     def check_many(
         self,
@@ -128,35 +153,82 @@ class VendorClient:
         on_result: Callable[[Decision, VendorCheck], None] | None = None,
     ) -> list[VendorCheck]:
         """Read the invoices of decisions concurrently, as `send_many` sends them; nothing is written."""
-        return self._concurrently(decisions, self.check, on_result)
+        return self._concurrently(decisions, self.check, on_result, self._unread, self._unread)
 
     def _concurrently(
         self,
         decisions: Iterable[Decision],
         work: Callable[[Decision], Answer],
         on_result: Callable[[Decision, Answer], None] | None,
+        given_up_on: Callable[[Decision], Answer],
+        not_reached: Callable[[Decision], Answer],
     ) -> list[Answer]:
-        """`work` on every decision, up to the vendor's max concurrency; answers in input order."""
+        """`work` on every decision, up to the vendor's max concurrency; answers in input order.
+
+        After the run's stop: `given_up_on` for a row still in flight when the grace ran out,
+        `not_reached` for a row no sender took.
+        """
         decisions = list(decisions)
         results: list[Answer | None] = [None] * len(decisions)
         claim = itertools.count()  # next() on it is atomic: each row is taken by exactly one sender
+        sending: dict[int, int] = {}  # sender -> the row it waits on an answer for
+        handover = threading.Lock()  # guards `sending` and `given_up`, never held while sending
+        given_up = False
 
-        def sender() -> None:
+        def sender(k: int) -> None:
             # One pool task per sender, looping over the rows, rather than one per row: a Future
             # and its Condition per row cost about a seventh of the sending threads' time.
             while (i := next(claim)) < len(decisions):
+                with handover:
+                    if given_up:
+                        return
+                    sending[k] = i
                 result = work(decisions[i])
+                with handover:
+                    if given_up:
+                        return  # reported when the grace ran out; this late answer is dropped
+                    del sending[k]
                 if on_result is not None:
                     on_result(decisions[i], result)
                 results[i] = result
 
-        senders = [self._pool.submit(sender) for _ in range(min(self.settings.max_concurrency, len(decisions)))]
+        count = min(self.settings.max_concurrency, len(decisions))
+        senders = [self._pool.submit(sender, k) for k in range(count)]
+        if not self._wait_for(senders):
+            with handover:
+                given_up = True
+                unanswered = dict(sending)
+            for i in unanswered.values():
+                results[i] = given_up_on(decisions[i])
+            # The others are between two rows, or recording an answer (one commit): wait for them.
+            self._wait_all([f for k, f in enumerate(senders) if k not in unanswered])
+            senders = [f for k, f in enumerate(senders) if k not in unanswered]
         for finished in senders:
             finished.result()  # a sender's crash is the chunk's: raised here, like any bug
-        return results  # type: ignore[return-value]  # every index was claimed and filled
+        return [r if r is not None else not_reached(decisions[i]) for i, r in enumerate(results)]
+
+    def _wait_for(self, senders: list) -> bool:
+        """Wait for every sender; after the run's stop, for `stop_grace` seconds at most. True: all done."""
+        while not self.run_stop.is_set():
+            if self._wait_all(senders, STOP_POLL):
+                return True
+        return self._wait_all(senders, self.stop_grace)
+
+    @staticmethod
+    def _wait_all(futures: list, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in futures:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                future.exception(timeout=left)
+            except TimeoutError:
+                return False
+        return True
 
     def send(self, decision: Decision) -> RowResult:
         """Send one decision, retrying as declared; always returns its one result."""
+        if self.run_stop.is_set():
+            return self._interrupted(decision)
         if self._stopped is not None:
             return self._not_sent(decision)
         try:
@@ -165,9 +237,13 @@ class VendorClient:
             return self._result(
                 decision, Attempt(Verdict(Action.FAIL, ErrorCode.INVALID_ROW, message=str(exc)), None), 0
             )
-        attempt, attempts, reference = self._try(request, self.connector.classify)
+        attempt, attempts, reference, answered = self._try(request, self.connector.classify)
+        if not attempt.sent and attempt.verdict.error_code is ErrorCode.INTERRUPTED:
+            return self._interrupted(decision, attempts - 1, answered)  # the run stopped before this try
         if not attempt.sent:  # another row found the credentials refused while this one waited
             return self._not_sent(decision, attempts - 1)
+        if attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self.run_stop.is_set():
+            return self._interrupted(decision, attempts, attempt)  # retries cut short by the run's stop
         if attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is not None:
             # Retries were cut short by another row's stop, not run out: say that.
             return self._not_sent(decision, attempts)
@@ -180,6 +256,8 @@ class VendorClient:
     def check(self, decision: Decision) -> VendorCheck:
         """Read one decision's invoice at its vendor (a preview), retrying as declared; never a write."""
         row = decision.row_number
+        if self.run_stop.is_set():
+            return self._unread(decision)
         if self._stopped is not None:
             return VendorCheck(row, WouldChange.UNKNOWN, message=redact(self._stop_text("not read", 0)))
         try:
@@ -190,9 +268,13 @@ class VendorClient:
             return VendorCheck(
                 row, WouldChange.UNKNOWN, message=f"{self.vendor} documents no read of an invoice's state"
             )
-        attempt, reads, reference = self._try(request, partial(self.connector.classify_read, decision))
+        attempt, reads, reference, _ = self._try(request, partial(self.connector.classify_read, decision))
         reference = redact(reference) if reference else None
         verdict = attempt.verdict
+        if (not attempt.sent and verdict.error_code is ErrorCode.INTERRUPTED) or (
+            verdict.action in (Action.RETRY, Action.REAUTH) and self.run_stop.is_set()
+        ):
+            return self._unread(decision, reads if attempt.sent else reads - 1)
         if not attempt.sent or (verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is not None):
             return VendorCheck(row, WouldChange.UNKNOWN, message=redact(self._stop_text("not read", reads - 1)))
         if verdict.action is Action.STOP:
@@ -209,40 +291,56 @@ class VendorClient:
         return VendorCheck(row, WouldChange.UNKNOWN, None, message, attempt.http_status, reference, reads)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        # After a stop, a sender may still wait on an answer given up on: do not wait for it too.
+        self._pool.shutdown(wait=not self.run_stop.is_set())
         self.http.close()
+        self.limiter.close()
 
     # -- internals --------------------------------------------------------------------------
-    def _should_retry(self, attempt: Attempt) -> bool:
-        return attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is None
+    def _backoff(self, seconds: float) -> None:
+        self.run_stop.wait(seconds)  # a stop ends the wait: the next try sees it and sends nothing
 
-    def _try(self, request: Request, classify: Classify) -> tuple[Attempt, int, str | None]:
-        """One request, retried as declared: (the last attempt, attempts made, the latest vendor reference)."""
+    def _should_retry(self, attempt: Attempt) -> bool:
+        return (
+            attempt.verdict.action in (Action.RETRY, Action.REAUTH)
+            and self._stopped is None
+            and not self.run_stop.is_set()
+        )
+
+    def _try(self, request: Request, classify: Classify) -> tuple[Attempt, int, str | None, Attempt]:
+        """One request, retried as declared: (the last attempt, attempts made, the latest vendor
+        reference, the last attempt that went out)."""
         attempt: Attempt = self._attempt(request, classify)
         attempts = 1
         reference = attempt.reference
+        answered = attempt  # the last try that went out
         if self._should_retry(attempt) and self.settings.max_attempts > 1:
             # Only a row that needs another try pays for tenacity (a Retrying copy and its
             # loop per row add up at hundreds of rows a second); it starts from this answer.
             first = [attempt]
 
             def again(request: Request) -> Attempt:
-                nonlocal reference
+                nonlocal reference, answered
                 tried = first.pop() if first else self._attempt(request, classify)
                 reference = tried.reference or reference  # the latest answer the vendor named
+                answered = tried if tried.sent else answered
                 return tried
 
             retrying = self._retrying.copy()
             attempt = retrying(again, request)
             attempts = retrying.statistics.get("attempt_number", 1)
-        return attempt, attempts, reference
+        return attempt, attempts, reference, answered
 
     def _attempt(self, request: Request, classify: Classify) -> Attempt:
+        if self.run_stop.is_set():  # checked after every backoff too: no request after the run's stop
+            return Attempt(_STOPPED_BEFORE_SENDING, None, sent=False)
         if self._stopped is not None:  # checked after every backoff too: no request after a stop
             return Attempt(self._stopped[1], None, sent=False)
         try:
             authed = self.auth.apply(request, self._send_raw)
             response = self._send_raw(authed)
+        except _StoppedBeforeSending:
+            return Attempt(_STOPPED_BEFORE_SENDING, None, sent=False)
         except Exception as exc:  # every failure becomes a Verdict; nothing escapes a row
             return Attempt(classify(request, error=exc), None)
         verdict = classify(request, response=response)
@@ -252,6 +350,8 @@ class VendorClient:
 
     def _send_raw(self, request: Request) -> Response:
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too
+        if self.run_stop.is_set():  # the stop came while this request waited for its slot
+            raise _StoppedBeforeSending
         return self.http.request(
             request.method,
             request.path if is_absolute(request.path) else self.base_url + request.path,
@@ -286,6 +386,41 @@ class VendorClient:
             what = f"retries stopped after {attempts} attempts"
         why = "refused our credentials" if verdict.error_code is ErrorCode.AUTH_FAILED else "was stopped"
         return f"{what}: {self.vendor} {why} at row {row} ({verdict.message})"
+
+    def _interrupted(self, decision: Decision, attempts: int = 0, last: Attempt | None = None) -> RowResult:
+        """A row the run's stop caught before it was sent, or between two of its tries."""
+        if attempts == 0:
+            message = "not sent: the run was stopped before this row's turn; the next run sends it"
+            last = None
+        else:
+            said = f"; last: {last.verdict.message}" if last is not None and last.sent else ""
+            message = f"retries stopped after {attempts} attempts: the run was stopped; the next run sends it{said}"
+        return RowResult(
+            decision.row_number,
+            Outcome.FAILED,
+            last.http_status if last is not None else None,
+            ErrorCode.INTERRUPTED,
+            None,
+            redact(message),
+            attempts,
+            datetime.now(UTC),
+        )
+
+    def _unanswered(self, decision: Decision) -> RowResult:
+        """A row in flight when the run stopped that got no answer within the grace."""
+        message = (
+            f"sent, but {self.vendor} had not answered {self.stop_grace:g} s after the run was stopped: "
+            "whether it applied the decision is unknown; the next run sends it again (safe: "
+            "'already in that state' counts as success)"
+        )
+        return RowResult(
+            decision.row_number, Outcome.FAILED, None, ErrorCode.INTERRUPTED, None, message, 1, datetime.now(UTC)
+        )
+
+    def _unread(self, decision: Decision, reads: int = 0) -> VendorCheck:
+        """A preview's row the run's stop caught before its invoice was read (or between two reads)."""
+        what = f"reads stopped after {reads} attempts" if reads else "not read"
+        return VendorCheck(decision.row_number, WouldChange.UNKNOWN, message=f"{what}: the run was stopped")
 
     def _result(self, decision: Decision, attempt: Attempt, attempts: int) -> RowResult:
         verdict = attempt.verdict

@@ -4,7 +4,10 @@ Two limiters share one interface (`acquire()` waits for a send slot, `pause(seco
 every slot back after a 429); `limiter_for(settings)` picks one:
 
 * `RateLimiter` paces one worker process: at most `<VENDOR>_RATE_LIMIT` requests in any
-  1-second window, evenly spaced (no bursts), with 3% headroom.
+  1-second window, evenly spaced (no bursts), with 3% headroom. Given a `MachineSchedule`, the
+  processes on one machine that send to the same vendor share that one rate: each still spaces
+  its own requests and pauses on its own 429s, and a slot is only used once it is also free
+  in the schedule they share (a small file under an exclusive lock).
 * `GlobalRateLimiter` shares a vendor's limit between several workers, on several machines,
   through a Prefect global concurrency limit (GCL) in rate-limit mode, which the orchestration
   side hands in as a `SharedLimit` (`flows.orchestration.shared_limits`; nothing here imports
@@ -24,13 +27,22 @@ every slot back after a 429); `limiter_for(settings)` picks one:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import struct
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from connectors.errors import GlobalLimitError
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no machine-wide schedule, each process paces itself
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from connectors.settings import VendorSettings
@@ -42,6 +54,8 @@ HEADROOM = 0.97
 # ~31 ms the headroom leaves in every 1-second window, 10 ms go to this; the rest covers the
 # trip from our thread to the vendor's clock.
 LATE_TOLERANCE = 0.010
+# Processes sharing one rate through a MachineSchedule aim lower still (see there).
+SHARED_HEADROOM = 0.93
 
 
 def spacing(rate: float | None) -> float:
@@ -56,6 +70,61 @@ def spacing(rate: float | None) -> float:
     return 1.0 / (whole * HEADROOM)
 
 
+class MachineSchedule:
+    """One vendor's next free send slot, shared by every process on this machine.
+
+    A file of 16 bytes (the slot, in seconds of the machine-wide monotonic clock, and the PID
+    that set it) that a process locks (`flock`) only while it reads and moves it: a few
+    microseconds, never while it sleeps, so a stopped or killed process holds nothing up (the
+    kernel drops a dead process's lock). A slot is taken only when it is due, and the next one
+    is due an interval after it, by a process's own rule (late by more than `LATE_TOLERANCE`
+    moves the schedule with the caller).
+
+    While another process took the last slot, the interval is widened to `SHARED_HEADROOM` of
+    the rate, from the later of due and taken (no catch-up): the trips from different processes to the vendor vary independently (on a busy
+    machine one waits tens of ms for a core after its slot), and a late arrival at the start
+    of a second must not let one more in at its end. A process alone keeps its own spacing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._pid = os.getpid()
+
+    @classmethod
+    def for_vendor(cls, folder: Path, vendor: str, base_url: str) -> MachineSchedule:
+        """The schedule of one vendor API (its base URL: another account or sandbox has its own)."""
+        digest = hashlib.sha256(base_url.encode()).hexdigest()[:16]
+        return cls(folder / f"{vendor}-{digest}.slot")
+
+    def take(self, clock: Callable[[], float], interval: float) -> float:
+        """Take the slot if it is due now (returns 0.0); otherwise the seconds until it is."""
+        assert fcntl is not None  # limiter_for builds none without it
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            now = clock()  # read under the lock: never older than the slot another process just wrote
+            raw = os.pread(self._fd, 16, 0)
+            due, pid = struct.unpack("dq", raw) if len(raw) == 16 else (0.0, 0)
+            shared = pid != self._pid and now - due < 1.0  # another process sent within the last second
+            gap = interval * HEADROOM / SHARED_HEADROOM if shared else interval
+            if due - now > gap + 1e-6:
+                due = 0.0  # written before a reboot (the clock restarted), or garbage: not a slot
+            if due > now:
+                return due - now
+            # Alone, a late caller catches up within LATE_TOLERANCE, exactly as its own RateLimiter does.
+            taken = max(due, now) if shared else max(due, now - LATE_TOLERANCE)
+            os.pwrite(self._fd, struct.pack("dq", taken + gap, self._pid), 0)
+            return 0.0
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class RateLimiter:
     """Hands out send slots at most `rate` per second, evenly apart (GCRA with no burst).
 
@@ -68,6 +137,9 @@ class RateLimiter:
     Every attempt takes a slot (retries and token fetches included). `pause(seconds)` holds
     every slot back, which is how a 429 slows the whole vendor down before it recovers.
     With `rate=None` there is no spacing, but pauses still apply.
+
+    `machine`: the schedule this vendor's rate is shared through with the other processes on
+    this machine. `stop`: once set, `acquire()` returns at once (the caller sends nothing).
     """
 
     def __init__(
@@ -75,12 +147,16 @@ class RateLimiter:
         rate: float | None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
+        machine: MachineSchedule | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.rate = rate
         self.interval = spacing(rate)
+        self.machine = machine
+        self._stop = stop
         self._clock = clock
-        self._sleep = sleep
+        self._sleep = sleep or (stop.wait if stop is not None else time.sleep)  # a stop ends the wait
         self._turn = threading.Lock()  # callers wait for their slot one at a time
         self._lock = threading.Lock()  # guards the fields below; never held while sleeping
         self._next_slot = 0.0
@@ -94,7 +170,7 @@ class RateLimiter:
                     return 0.0
         waited = 0.0
         with self._turn:
-            while True:
+            while self._stop is None or not self._stop.is_set():
                 with self._lock:
                     now = self._clock()
                     slot = max(now, self._next_slot)
@@ -105,9 +181,17 @@ class RateLimiter:
                 with self._lock:
                     if self._pauses != pauses:
                         continue  # a 429 came in while we waited: wait for the pause too
+                if self.machine is not None and self.interval:
+                    due_in = self.machine.take(self._clock, self.interval)
+                    if due_in > 0:  # another process on this machine has the slot: wait for the next
+                        self._sleep(due_in)
+                        waited += due_in
+                        continue
+                with self._lock:
                     late = self._clock() - slot
                     self._next_slot = slot + self.interval + max(0.0, late - LATE_TOLERANCE)
                     return waited
+        return waited  # stopped: the caller sends nothing
 
     def pause(self, seconds: float) -> None:
         """No slot is handed out for the next `seconds` (the vendor asked us to back off)."""
@@ -122,6 +206,10 @@ class RateLimiter:
         with self._lock:
             self.rate = rate
             self.interval = spacing(rate)
+
+    def close(self) -> None:
+        if self.machine is not None:
+            self.machine.close()
 
 
 # (limit, slot_decay_per_second, active) of a GCL, read once per limiter.
@@ -187,14 +275,16 @@ class GlobalRateLimiter:
         take_slots: TakeSlots | None = None,
         shared: SharedLimit | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         if batch is not None and batch < 1:
             raise ValueError("batch must be at least 1")
+        sleep = sleep or (stop.wait if stop is not None else time.sleep)  # a stop ends the wait
         self.name = name
         self.rate = rate
         self.batch = batch
-        self.local = RateLimiter(rate, clock=clock, sleep=sleep)
+        self.local = RateLimiter(rate, clock=clock, sleep=sleep, stop=stop)
         backend = shared or NoSharedLimit()
         self._describe = describe or backend.describe
         self._take_slots = take_slots or backend.take
@@ -230,6 +320,9 @@ class GlobalRateLimiter:
 
     def pause(self, seconds: float) -> None:
         self.local.pause(seconds)
+
+    def close(self) -> None:
+        self.local.close()
 
     # -- internals (called with self._lock held) -------------------------------------------
     def _setup(self) -> None:
@@ -270,9 +363,19 @@ class GlobalRateLimiter:
         self._stock_expires = self._last_grant + self.max_age
 
 
-def limiter_for(settings: VendorSettings, shared: SharedLimit | None = None) -> RateLimiter | GlobalRateLimiter:
-    """The limiter the settings ask for: shared through `shared` (a Prefect GCL), or this worker's own."""
+def limiter_for(
+    settings: VendorSettings,
+    shared: SharedLimit | None = None,
+    *,
+    machine_dir: Path | None = None,
+    stop: threading.Event | None = None,
+) -> RateLimiter | GlobalRateLimiter:
+    """The limiter the settings ask for: shared through `shared` (a Prefect GCL), or this worker's own,
+    shared with this machine's other processes through a schedule in `machine_dir` when one is given."""
     name = settings.global_limit
     if name:
-        return GlobalRateLimiter(name, settings.rate_limit, shared=shared)
-    return RateLimiter(settings.rate_limit)
+        return GlobalRateLimiter(name, settings.rate_limit, shared=shared, stop=stop)
+    machine = None
+    if machine_dir is not None and settings.rate_limit and fcntl is not None:
+        machine = MachineSchedule.for_vendor(machine_dir, settings.vendor, settings.base_url or "")
+    return RateLimiter(settings.rate_limit, machine=machine, stop=stop)

@@ -1,7 +1,8 @@
 """`invoice-sync`: run a decision file, validate one, serve the sandbox, or run the demo.
 
 Exit codes: 0 every row succeeded or was skipped; 1 the run finished but some rows failed or
-were rejected; 2 nothing was sent because the file itself (or the command line) is unusable.
+were rejected; 2 nothing was sent because the file itself (or the command line) is unusable;
+130 / 143 the run was stopped by SIGINT (Ctrl-C) / SIGTERM (results written, the rest not sent).
 """
 
 from __future__ import annotations
@@ -164,43 +165,65 @@ def run_command(
     show_progress: bool | None = None,
     check_vendors: bool = False,
 ) -> int:
-    """Run the flow on one file and print what happened."""
+    """Run the flow on one file and print what happened.
+
+    SIGINT / SIGTERM stop it (`flows.orchestration.stopping`): no new request, the results
+    written, one line on stderr, exit 130 / 143. Prefect's temporary server runs in a process
+    group of its own, so a Ctrl-C to this one does not end it before the flow's last API call.
+    """
     from connectors.redact import install_log_redaction
+    from flows.orchestration.stopping import stop_on_signals
     from flows.orchestration.temporary_server import PrefectServerError, prefect_api
 
-    try:
-        with prefect_api() as wait_for_api:  # Prefect's temporary server, if it needs one, boots from here on
-            from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, NOTHING_SENT_STATES, sync_decisions
+    with stop_on_signals() as stop:
+        try:
+            with prefect_api() as wait_for_api:  # Prefect's temporary server, if it needs one, boots from here on
+                from prefect.exceptions import TerminationSignal
 
-            if wait_for_api:
-                _import_great_expectations()
-                wait_for_api()
-            install_log_redaction()
-            state = sync_decisions(
-                path,
-                out_dir=out,
-                dry_run=dry_run,
-                vendors=vendors,
-                chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
-                retry_failed=retry_failed,
-                show_progress=show_progress,
-                check_vendors=check_vendors,
-                return_state=True,
-            )
-            if state.name in NOTHING_SENT_STATES:
-                print(f"invoice-sync: {state.message}", file=sys.stderr)
-                return EXIT_UNUSABLE
-            # The flow returns a State carrying its RunSummary, which Prefect's types cannot say.
-            summary = cast("RunSummary | BaseException | None", state.result(raise_on_failure=False))
-    except PrefectServerError as exc:  # raised before the flow started: nothing was sent
-        print(f"invoice-sync: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+                from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, NOTHING_SENT_STATES, sync_decisions
+
+                if wait_for_api:
+                    _import_great_expectations()
+                    wait_for_api()
+                install_log_redaction()
+                if stop.is_set():
+                    return _stopped_before_sending(stop.reason, stop.exit_code)
+                try:
+                    state = sync_decisions(
+                        path,
+                        out_dir=out,
+                        dry_run=dry_run,
+                        vendors=vendors,
+                        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+                        retry_failed=retry_failed,
+                        show_progress=show_progress,
+                        check_vendors=check_vendors,
+                        return_state=True,
+                    )
+                except TerminationSignal:  # SIGTERM while Prefect's engine started the flow, before our handler
+                    return _stopped_before_sending(stop.reason, stop.exit_code)
+                if state.name in NOTHING_SENT_STATES:
+                    print(f"invoice-sync: {state.message}", file=sys.stderr)
+                    return EXIT_UNUSABLE
+                # The flow returns a State carrying its RunSummary, which Prefect's types cannot say.
+                summary = cast("RunSummary | BaseException | None", state.result(raise_on_failure=False))
+        except PrefectServerError as exc:  # raised before the flow started: nothing was sent
+            print(f"invoice-sync: {exc}", file=sys.stderr)
+            return EXIT_UNUSABLE
     if not hasattr(summary, "counts"):  # the flow itself crashed: say so without a traceback
         print(f"invoice-sync: run failed: {state.message}", file=sys.stderr)
         return EXIT_UNUSABLE if summary is None else EXIT_ROWS_NOT_DONE
     summary = cast("RunSummary", summary)  # it has counts: the flow's own summary
+    if summary.stopped_by:  # one line: what went out, what did not, where the results are
+        print(f"invoice-sync: {summary.stop_text()}; results: {summary.results_path}", file=sys.stderr)
+        return stop.exit_code
     print_summary(summary)
     return EXIT_OK if summary.all_done else EXIT_ROWS_NOT_DONE
+
+
+def _stopped_before_sending(reason: str, code: int) -> int:
+    print(f"invoice-sync: {reason} before the run started: nothing sent, no results written", file=sys.stderr)
+    return code
 
 
 def _import_great_expectations() -> None:

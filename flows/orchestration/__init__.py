@@ -11,4 +11,5 @@ temporary_server Prefect's temporary API server, launched early by the command
 events           the run-finished event the alerts and the retries react to
 alerts           the notification block and the automations (`invoice-sync alerts`)
 retry            flow `retry-failed`: transient failures sent again, in rounds
+stopping         SIGINT / SIGTERM set the run's stop; a second one leaves at once
 """

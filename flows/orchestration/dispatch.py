@@ -1,15 +1,25 @@
 """Sending a plan: a client per vendor, chunks as Prefect tasks, a few in flight per vendor.
 
+Each chunk claims its rows in the ledger before sending (rows another live run holds are
+`skipped` with `IN_PROGRESS`); the run's stop ends the sending early (rows never sent are
+`INTERRUPTED`); every vendor's pace is shared with this machine's other runs.
+
 A preview (`preview`, for `run --dry-run --check-vendors`) goes the same way with reads: the
 same clients, limiters and chunks, `check_chunk` instead of `send_chunk`, and no ledger.
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import tempfile
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
@@ -28,8 +38,9 @@ from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, Vendo
 from flows.orchestration.progress import RunProgress
 from flows.orchestration.secrets import SettingsEnviron, credential_saver, settings_environ
 from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
+from flows.orchestration.stopping import RunStop
 from flows.pipeline.planning import Plan, decisions_for
-from flows.state.ledger import Ledger
+from flows.state.ledger import CLAIM_LEASE, ClaimHolder, Claims, Ledger
 
 # Each chunk is one task run, whose orchestration shares the CPU with the sending threads:
 # large chunks keep that to a few task runs a minute per vendor, while progress still shows
@@ -38,6 +49,15 @@ DEFAULT_CHUNK_SIZE = 2000
 CHUNKS_IN_FLIGHT_PER_VENDOR = 2  # the next chunk is ready when one ends: no idle gap per vendor
 PROGRESS_EVERY = 2.0  # seconds between updates of the progress artifact while chunks run
 TASK_WORKERS = CHUNKS_IN_FLIGHT_PER_VENDOR * len(CONNECTORS)
+RENEW_CLAIMS_EVERY = CLAIM_LEASE / 4  # seconds: a lease outlives three missed renewals
+
+
+def rate_schedule_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where this machine's runs share each vendor's pace (`INVOICE_SYNC_RATE_DIR`; default: per user, in the temp folder)."""
+    env = os.environ if environ is None else environ
+    folder = env.get("INVOICE_SYNC_RATE_DIR", "").strip()
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(folder) if folder else Path(tempfile.gettempdir()) / f"invoice-sync-rates-{user}"
 
 
 @dataclass
@@ -53,7 +73,9 @@ class VendorClients:
 
 
 @task(cache_policy=NO_CACHE)
-def open_clients(vendors: list[str], environ: Mapping[str, str] | None = None) -> VendorClients:
+def open_clients(
+    vendors: list[str], environ: Mapping[str, str] | None = None, stop: threading.Event | None = None
+) -> VendorClients:
     """Build each vendor's settings, and a client for every vendor whose settings are usable."""
     clients = VendorClients()
     from_blocks = environ.from_blocks if isinstance(environ, SettingsEnviron) else frozenset()
@@ -64,8 +86,8 @@ def open_clients(vendors: list[str], environ: Mapping[str, str] | None = None) -
         saver = credential_saver(vendor, from_blocks, log=get_run_logger())
         settings = replace(settings, save_credential=saver)
         if settings.usable:
-            limiter = limiter_for(settings, PREFECT_GLOBAL_LIMIT)
-            clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter)
+            limiter = limiter_for(settings, PREFECT_GLOBAL_LIMIT, machine_dir=rate_schedule_dir(environ), stop=stop)
+            clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter, stop=stop)
         else:
             get_run_logger().error("%s is not configured: %s", vendor, "; ".join(settings.problems))
             clients.unusable[vendor] = settings
@@ -74,19 +96,71 @@ def open_clients(vendors: list[str], environ: Mapping[str, str] | None = None) -
 
 @task(cache_policy=NO_CACHE)
 def send_chunk(
-    client: VendorClient, frame: pd.DataFrame, positions: np.ndarray, ledger: Ledger, run_id: str, progress: RunProgress
+    client: VendorClient,
+    frame: pd.DataFrame,
+    positions: np.ndarray,
+    ledger: Ledger,
+    holder: ClaimHolder,
+    progress: RunProgress,
 ) -> list[RowResult]:
-    """Send one chunk of one vendor's decisions, recording each answer in the ledger as it comes."""
+    """Claim one chunk of one vendor's decisions, send what is ours, record each answer as it comes."""
+    claims = ledger.claim(decisions_for(frame, positions), holder)  # one transaction for the chunk
+    not_ours = claim_results(claims)
+    progress.advance(client.vendor, len(not_ours))
+    answered: list[Decision] = []  # list.append is atomic: the senders share it
 
-    def answered(decision: Decision, result: RowResult) -> None:
+    def record(decision: Decision, result: RowResult) -> None:
         try:
-            ledger.record(decision, result, run_id)
+            ledger.record(decision, result, holder.run_id)
         except Exception as exc:  # keep the vendor's answer; a rerun re-sends it, which is safe
             result.error_message = f"{result.error_message} (not recorded in the ledger: {type(exc).__name__})".strip()
             get_run_logger().error("ledger write failed for row %d: %s", decision.row_number, exc)
+        answered.append(decision)
         progress.advance(client.vendor)
 
-    return client.send_many(decisions_for(frame, positions), on_result=answered)
+    sent = client.send_many(claims.won, on_result=record)
+    # Rows still in flight when a stop's grace ran out keep their claim until it expires.
+    unanswered = {r.row_number for r in sent if r.attempts} - {d.row_number for d in answered}
+    ledger.release([d for d in claims.won if d.row_number not in unanswered], holder)
+    return not_ours + sent
+
+
+def claim_results(claims: Claims) -> list[RowResult]:
+    """Rows this run does not send after claiming: another live run holds them, or one already did them."""
+    now = datetime.now(UTC)
+    results = [
+        RowResult(
+            row,
+            Outcome.SKIPPED,
+            error_code=ErrorCode.IN_PROGRESS,
+            error_message=f"not sent: run {run_id} is sending this decision now (its claim runs until "
+            f"{datetime.fromtimestamp(until, UTC):%H:%M:%S} UTC) and reports its outcome",
+            finished_at=now,
+        )
+        for row, (run_id, until) in claims.held.items()
+    ]
+    results += [
+        RowResult(
+            row,
+            Outcome.SKIPPED,
+            error_code=ErrorCode.ALREADY_DONE,
+            error_message=f"already succeeded in run {run_id} at {when:%Y-%m-%d %H:%M:%S} UTC",
+            finished_at=now,
+        )
+        for row, (run_id, when) in claims.done.items()
+    ]
+    return results
+
+
+def interrupted_results(frame: pd.DataFrame, positions: np.ndarray, answered: set[int], reason: str) -> list[RowResult]:
+    """Rows the run's stop kept from being sent at all (their chunk never started): the next run sends them."""
+    message = f"not sent: the run was {reason} before this row's turn; the next run sends it"
+    rows = frame["row_number"].to_numpy()[positions].tolist()
+    return [
+        RowResult(int(r), Outcome.FAILED, error_code=ErrorCode.INTERRUPTED, error_message=message)
+        for r in rows
+        if int(r) not in answered
+    ]
 
 
 @task(cache_policy=NO_CACHE)
@@ -122,10 +196,15 @@ SubmitChunk = Callable[[VendorClient, np.ndarray, RunProgress], PrefectFuture[An
 
 
 def lanes(
-    to_send: Mapping[str, np.ndarray], chunk_size: int, submit: Submit, tick: float | None = None
+    to_send: Mapping[str, np.ndarray],
+    chunk_size: int,
+    submit: Submit,
+    tick: float | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[tuple[str, PrefectFuture[Any]] | None]:
     """Submit chunks so that each vendor has a few in flight; yield (vendor, future) as they finish,
-    and None every `tick` seconds in between (time to report progress).
+    and None every `tick` seconds in between (time to report progress). Once `stop` is set no
+    chunk is submitted; those in flight are still waited for.
 
     Lanes keep one slow vendor from filling every task-runner worker while the others wait.
     """
@@ -135,6 +214,8 @@ def lanes(
 
     def launch(vendor: str) -> None:
         nonlocal in_flight
+        if stop is not None and stop.is_set():
+            return
         future = submit(vendor, pending[vendor].popleft())
         future.add_done_callback(lambda f: finished.put((vendor, f)))
         in_flight += 1
@@ -163,17 +244,35 @@ def dispatch(
     run_id: str,
     show_progress: bool | None,
     settings_from_blocks: bool = False,
+    stop: RunStop | None = None,
 ) -> list[RowResult]:
     """Send all planned rows, vendors in parallel, chunks in lanes; one result per row."""
+    stop = stop or RunStop()
+    holder = ClaimHolder.for_run(run_id)
 
     def submit(client: VendorClient, positions: np.ndarray, progress: RunProgress) -> PrefectFuture[Any]:
         return send_chunk.with_options(task_run_name=f"send-{client.vendor}-rows-{positions[0] + 1}").submit(
-            client, frame, positions, ledger, run_id, progress
+            client, frame, positions, ledger, holder, progress
         )
 
-    sent, unusable = _in_lanes(plan_, chunk_size, submit, show_progress, settings_from_blocks, "Decisions sent")
+    renewed = time.monotonic()
+
+    def renew_claims() -> None:
+        nonlocal renewed
+        if time.monotonic() - renewed > RENEW_CLAIMS_EVERY:
+            renewed = _renew_claims(ledger, holder)
+
+    sent, unusable = _in_lanes(
+        plan_, chunk_size, submit, show_progress, settings_from_blocks, "Decisions sent", stop, on_tick=renew_claims
+    )
     for vendor, settings in unusable.items():
         sent.extend(unconfigured_results(frame, plan_.to_send[vendor], settings))
+    if stop.is_set():
+        answered = {r.row_number for r in sent}
+        for vendor, positions in plan_.to_send.items():
+            if vendor not in unusable:
+                sent.extend(interrupted_results(frame, positions, answered, stop.reason))
+        get_run_logger().info("%s: no request started after the stop; rows not sent are INTERRUPTED", stop.reason)
     return sent
 
 
@@ -183,6 +282,7 @@ def preview(
     chunk_size: int,
     show_progress: bool | None,
     settings_from_blocks: bool = False,
+    stop: RunStop | None = None,
 ) -> list[VendorCheck]:
     """Read, for every planned row, its invoice's state at the vendor: like `dispatch`, with reads and no ledger."""
 
@@ -191,7 +291,9 @@ def preview(
             client, frame, positions, progress
         )
 
-    checks, unusable = _in_lanes(plan_, chunk_size, submit, show_progress, settings_from_blocks, "Invoices read")
+    checks, unusable = _in_lanes(
+        plan_, chunk_size, submit, show_progress, settings_from_blocks, "Invoices read", stop or RunStop()
+    )
     for vendor, settings in unusable.items():
         checks.extend(unconfigured_checks(frame, plan_.to_send[vendor], settings))
     return checks
@@ -204,15 +306,18 @@ def _in_lanes(
     show_progress: bool | None,
     settings_from_blocks: bool,
     description: str,
+    stop: RunStop,
+    on_tick: Callable[[], None] | None = None,
 ) -> tuple[list[Any], dict[str, VendorSettings]]:
-    """Open the clients and run every configured vendor's chunks in lanes, reporting progress.
+    """Open the clients and run every configured vendor's chunks in lanes, reporting progress;
+    once `stop` is set no chunk starts. `on_tick` runs as each chunk ends and every tick between.
 
     Returns what the chunks returned, and the settings of the vendors that are not configured.
     """
     vendors = sorted(plan_.to_send)
     # Deployments: settings missing from the environment come from Prefect Secret blocks.
     environ = settings_environ(vendors, log=get_run_logger()) if settings_from_blocks else None
-    clients = open_clients(vendors, environ)
+    clients = open_clients(vendors, environ, stop)
     configured = {v: p for v, p in plan_.to_send.items() if v in clients.ready}
 
     progress = RunProgress({v: len(p) for v, p in configured.items()}, show_bars=show_progress)
@@ -223,8 +328,10 @@ def _in_lanes(
     done: list[Any] = []
     try:
         for finished in lanes(
-            configured, chunk_size, lambda v, p: submit(clients.ready[v], p, progress), tick=PROGRESS_EVERY
+            configured, chunk_size, lambda v, p: submit(clients.ready[v], p, progress), tick=PROGRESS_EVERY, stop=stop
         ):
+            if on_tick is not None:
+                on_tick()
             if finished is not None:  # None: no chunk ended within a tick, only progress to report
                 vendor, future = finished
                 outcome = future.result(raise_on_failure=False)
@@ -237,3 +344,12 @@ def _in_lanes(
         progress.close()
         clients.close()
     return done, clients.unusable
+
+
+def _renew_claims(ledger: Ledger, holder: ClaimHolder) -> float:
+    """Extend this run's claims; a failure is logged (the claims may then expire under a slow chunk)."""
+    try:
+        ledger.renew(holder)
+    except Exception as exc:
+        get_run_logger().warning("claims not renewed in the ledger: %s", exc)
+    return time.monotonic()

@@ -12,9 +12,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from connectors.registry import UnknownVendor, parse_vendors
+from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, sync_decisions
 from flows.state.inbox_folder import (
     DEFAULT_SETTLE_SECONDS,
@@ -75,7 +76,41 @@ def process_inbox(
     A dry run reads, validates and plans each file, writes its results, sends nothing, and
     puts the file back into the inbox; with `check_vendors` it also reads each invoice that
     would be sent at its vendor (the preview of `invoice-sync run --dry-run --check-vendors`).
+    Cancelled (a worker's SIGTERM, or SIGINT): the file being sent stops as `invoice-sync` does
+    and goes to rejected/ (to be dropped in again), files not started go back into the inbox,
+    and the run ends `Cancelled` naming each.
     """
+    with stop_on_signals() as stop:
+        return _process_inbox(
+            inbox,
+            dry_run,
+            vendors,
+            chunk_size,
+            settle_seconds,
+            max_files,
+            settings_from_blocks,
+            processed_dir,
+            rejected_dir,
+            results_root,
+            check_vendors,
+            stop,
+        )
+
+
+def _process_inbox(
+    inbox: str,
+    dry_run: bool,
+    vendors: list[str] | None,
+    chunk_size: int,
+    settle_seconds: float,
+    max_files: int | None,
+    settings_from_blocks: bool,
+    processed_dir: str | None,
+    rejected_dir: str | None,
+    results_root: str | None,
+    check_vendors: bool,
+    stop: RunStop,
+):
     logger = get_run_logger()
     try:
         vendors = parse_vendors(vendors)
@@ -101,12 +136,19 @@ def process_inbox(
 
     rows: list[dict[str, object]] = []
     for path in claimed:
+        if stop.is_set():  # not started: back into the inbox, as if never claimed
+            moved = put_back(layout, path)
+            row: dict[str, object] = {"file": path.name, "outcome": "put back, not started", "state": "NotStarted"}
+            rows.append(row | {"detail": stop.reason, "moved to": str(moved), "results": ""})
+            continue
         rows.append(
             _process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger, check_vendors)
         )
 
     create_table_artifact(rows, key="invoice-sync-inbox", description=f"Files taken from {layout.inbox}")
     text = "; ".join(f"{r['file']}: {r['outcome']} ({r['detail']})" for r in rows)
+    if stop.is_set():
+        return Cancelled(message=f"{stop.reason}: {text}", data=rows)
     if all(r["state"] == "Completed" for r in rows):
         return Completed(message=text, data=rows)
     name = "RowsNotDone" if any(r["state"] == "RowsNotDone" for r in rows) else "FilesRejected"

@@ -13,7 +13,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.redact import install_log_redaction
@@ -21,6 +21,7 @@ from connectors.vocabulary import ErrorCode, RowResult, VendorCheck
 from flows.orchestration.artifacts import publish
 from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch, preview
 from flows.orchestration.events import RetryRound, emit_run_finished
+from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.pipeline.datadocs import write_data_docs
 from flows.pipeline.planning import Plan, apply_history, plan_rows
 from flows.pipeline.reader import UnusableFile, read_decisions
@@ -107,7 +108,38 @@ def sync_decisions(
     `check_vendors` with `dry_run`: a preview that reads, for every decision that would be
     sent, the invoice's current state at its vendor (nothing is written, the ledger unchanged).
     `retry_round` (of `retry_rounds`, retrying the run `retries_run`) is set by `retry-failed` only.
+    SIGINT or SIGTERM (Ctrl-C, or a worker cancelling the run) stops the sending: the results are
+    still written, and the run ends `Cancelled` with its counts.
     """
+    with stop_on_signals() as stop:
+        return _sync(
+            path,
+            out_dir,
+            dry_run,
+            vendors,
+            chunk_size,
+            retry_failed,
+            show_progress,
+            settings_from_blocks,
+            check_vendors,
+            RetryRound(retry_round, retry_rounds, retries_run),
+            stop,
+        )
+
+
+def _sync(
+    path: str,
+    out_dir: str,
+    dry_run: bool,
+    vendors: list[str] | None,
+    chunk_size: int,
+    retry_failed: bool,
+    show_progress: bool | None,
+    settings_from_blocks: bool,
+    check_vendors: bool,
+    retry: RetryRound,
+    stop: RunStop,
+) -> State:
     started = time.monotonic()
     install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
     logger = get_run_logger()
@@ -130,15 +162,16 @@ def sync_decisions(
         sent = consult_ledger(frame, plan_, ledger, retry_failed)
         logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
         if not dry_run and plan_.send_count:
-            sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks)
+            sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks, stop)
     finally:
         ledger.close()
     if checks is not None and plan_.send_count:  # reads only: the ledger is closed, nothing is recorded
-        checks += preview(frame, plan_, chunk_size, show_progress, settings_from_blocks)
+        checks += preview(frame, plan_, chunk_size, show_progress, settings_from_blocks, stop)
 
     results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run, checks=checks)
     parquet_path, csv_path = write_results(results, out_dir)
-    summary = summarize(results, run_id, path, dry_run=dry_run)
+    stopped_by = stop.signal.name if stop.is_set() and stop.signal is not None else None
+    summary = summarize(results, run_id, path, dry_run=dry_run, stopped_by=stopped_by)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
     try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
         summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
@@ -147,9 +180,11 @@ def sync_decisions(
     summary.seconds = time.monotonic() - started
     publish(summary)
     try:  # what the alerts and the retry-failed deployment react to; never lose the run over it
-        emit_run_finished(summary, results, RetryRound(retry_round, retry_rounds, retries_run))
+        emit_run_finished(summary, results, retry)
     except Exception as exc:
         logger.warning("run-finished event not emitted: %s", exc)
+    if summary.stopped_by:
+        return Cancelled(message=summary.stop_text(), data=summary)
     text = summary.counts_text() + (f"; {summary.checks_text()}" if summary.checks else "")
     if summary.all_done:
         return Completed(message=text, data=summary)

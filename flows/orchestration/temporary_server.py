@@ -17,6 +17,7 @@ import http.client
 import importlib.util
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +69,22 @@ def end_process(process: subprocess.Popen, grace: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def _ended_with_parent() -> Callable[[], None] | None:
+    """On Linux, a pre-exec step asking the kernel to SIGTERM the child when we die (kill -9
+    included): outside our process group it would otherwise outlive us. Elsewhere: none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child only calls it
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+
+    def request() -> None:
+        prctl(set_parent_death_signal, signal.SIGTERM)
+
+    return request
 
 
 def _port_taken(port: int) -> bool:
@@ -149,7 +166,15 @@ class TemporaryPrefectServer:
         ]
         self._startup_output.clear()
         self._launched_at = time.monotonic()
-        self._process = subprocess.Popen(command, env={**os.environ, **SERVER_ENV, **self.env}, stderr=subprocess.PIPE)
+        # A process group of its own: a Ctrl-C (or a signal to our group) stops the run, which
+        # still talks to this server until its results are written; we stop the server after.
+        self._process = subprocess.Popen(
+            command,
+            env={**os.environ, **SERVER_ENV, **self.env},
+            stderr=subprocess.PIPE,
+            process_group=0,
+            preexec_fn=_ended_with_parent(),
+        )
         self._relay = threading.Thread(
             target=self._relay_output, args=(self._process.stderr,), name="prefect-server-output", daemon=True
         )

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from pandas.core.arrays.integer import IntegerDtype
 
-from connectors.vocabulary import Outcome, RowResult, VendorCheck, WouldChange
+from connectors.vocabulary import ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
 from flows.pipeline.files import atomic_write
 from flows.pipeline.planning import Plan
 
@@ -52,6 +52,13 @@ class RunSummary:
     # A preview that asked the vendors (`--check-vendors`): would_change -> rows, overall and per vendor.
     checks: dict[str, int] | None = None
     checks_by_vendor: dict[str, dict[str, int]] = field(default_factory=dict)
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM": the run was stopped before it was done
+    sent: int = 0  # rows whose request went out in this run
+    not_sent: int = 0  # rows the stop kept from being sent (INTERRUPTED, attempts 0)
+
+    def stop_text(self) -> str:
+        """What a stopped run says: rows sent, rows not sent, then the counts."""
+        return f"stopped by {self.stopped_by}: {self.sent} rows sent, {self.not_sent} not sent; {self.counts_text()}"
 
     @property
     def all_done(self) -> bool:
@@ -290,7 +297,9 @@ def _utc_text(column: pd.Series):
     return text
 
 
-def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool = False) -> RunSummary:
+def summarize(
+    results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool = False, stopped_by: str | None = None
+) -> RunSummary:
     """Counts by outcome and by vendor, each vendor's most frequent error codes, and a preview's findings."""
     order = [o.value for o in Outcome]
     counts = results["outcome"].value_counts()
@@ -310,6 +319,9 @@ def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool 
         by_vendor=by_vendor,
         top_errors=top,
         dry_run=dry_run,
+        stopped_by=stopped_by,
+        sent=int((results["attempts"] > 0).sum()),
+        not_sent=int(((results["error_code"] == ErrorCode.INTERRUPTED.value) & (results["attempts"] == 0)).sum()),
     )
     checked = results["would_change"].notna() if "would_change" in results else None
     if checked is not None and checked.any():

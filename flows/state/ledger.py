@@ -15,6 +15,14 @@ anew on every execute (they have no cache key), which costs several times the co
 Keyed by vendor and invoice, with the `payload` that was sent (decision, invoice_number,
 void_date): a changed decision for the same invoice is a new decision and is sent.
 
+Claims keep two runs from sending the same decision at once. Before a chunk is sent, its rows
+are claimed in one transaction (a lease: run id, holder, expiry); a row another live run
+holds is not sent (the caller reports it `IN_PROGRESS`), and a row the ledger says already
+succeeded is not sent either (`ALREADY_DONE`), even when that answer came after this run
+looked. The lease is renewed while the run sends and released row by row once answered; the
+claim of a run that died expires (at once, when it ran on this machine and its process is
+gone), so a rerun takes it over and the crash bound stays: only requests in flight are unknown.
+
 Default store: SQLite under `INVOICE_SYNC_STATE_DIR` (default `data/state/`). Several workers
 share one ledger through PostgreSQL: set `INVOICE_SYNC_LEDGER_URL`
 (`postgresql+psycopg://user:pass@host/db`).
@@ -24,7 +32,10 @@ from __future__ import annotations
 
 import enum
 import os
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,8 +52,16 @@ LEDGER_FILE = "ledger.sqlite"
 
 # Failures worth sending again on a rerun: the vendor never said no to the decision itself.
 TRANSIENT_CODES = frozenset(
-    {ErrorCode.RETRIES_EXHAUSTED, ErrorCode.RATE_LIMITED, ErrorCode.AUTH_FAILED, ErrorCode.BAD_RESPONSE}
+    {
+        ErrorCode.RETRIES_EXHAUSTED,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.AUTH_FAILED,
+        ErrorCode.BAD_RESPONSE,
+        ErrorCode.INTERRUPTED,
+    }
 )
+CLAIM_LEASE = 60.0  # seconds a claim lives unless renewed; renewed every quarter of it while sending
+CLAIM_BATCH = 500  # rows per claim statement (six parameters a row: under every driver's limit)
 
 
 class LedgerState(enum.StrEnum):
@@ -71,6 +90,18 @@ decisions_table = sa.Table(
 )
 
 
+claims_table = sa.Table(
+    "decision_claims",
+    metadata,
+    sa.Column("vendor", sa.String(32), primary_key=True),
+    sa.Column("invoice_id", sa.String(256), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("holder", sa.String(200), nullable=False),  # ClaimHolder.token: which process holds it
+    sa.Column("expires_at", sa.Float, nullable=False),  # Unix seconds
+)
+
+
 def ledger_url(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     url = env.get("INVOICE_SYNC_LEDGER_URL", "").strip()
@@ -95,6 +126,51 @@ def upsert_sql(paramstyle: str) -> str:
     )
 
 
+def _process_identity() -> str:
+    """This machine and PID namespace: a PID means the same process only where both match."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}|{namespace}"
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Who holds a claim: a run (named in messages) and the process it runs in (`token`)."""
+
+    run_id: str
+    token: str
+
+    @classmethod
+    def for_run(cls, run_id: str) -> ClaimHolder:
+        return cls(run_id, f"{_process_identity()}|{os.getpid()}|{uuid.uuid4().hex[:12]}")
+
+
+def holder_is_gone(token: str) -> bool:
+    """True when the holder ran on this machine (same PID namespace) and its process is gone."""
+    parts = token.split("|")
+    if len(parts) != 4 or f"{parts[0]}|{parts[1]}" != _process_identity():
+        return False
+    try:
+        pid = int(parts[2])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError, OSError):
+        return False  # alive (another user's), or not a PID: leave it to the lease
+    return False
+
+
+@dataclass
+class Claims:
+    """What claiming a chunk found: the decisions this run may send, and why it may not send the others."""
+
+    won: list[Decision]
+    held: dict[int, tuple[str, float]] = field(default_factory=dict)  # row -> (run holding it, lease end)
+    done: dict[int, tuple[str, datetime]] = field(default_factory=dict)  # row -> (run that succeeded, when)
+
+
 @dataclass(eq=False)
 class _PendingRow:
     values: tuple  # in COLUMNS order, as the database driver takes them
@@ -114,6 +190,8 @@ class Ledger:
         else:
             self.engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
         self._upsert = upsert_sql(self.engine.dialect.paramstyle)
+        self._mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
+        self._prepare_claim_sql()
         # What SQLAlchemy would do to a datetime before the driver sees it (SQLite stores text).
         self._timestamp = decisions_table.c.updated_at.type.dialect_impl(self.engine.dialect).bind_processor(
             self.engine.dialect
@@ -194,6 +272,113 @@ class Ledger:
         if pending.error is not None:
             raise pending.error
 
+    # -- claims ------------------------------------------------------------------------------
+    def _prepare_claim_sql(self) -> None:
+        """The claim statements as driver text, built once (the same for SQLite and PostgreSQL)."""
+        m, claims, ledger = self._mark, claims_table.name, decisions_table.name
+        self._claim_sql = (
+            f"INSERT INTO {claims} (vendor, invoice_id, payload, run_id, holder, expires_at) "
+            f"VALUES ({', '.join([m] * 6)}) ON CONFLICT (vendor, invoice_id) DO UPDATE SET "
+            "payload = excluded.payload, run_id = excluded.run_id, holder = excluded.holder, "
+            f"expires_at = excluded.expires_at WHERE {claims}.holder = excluded.holder "
+            f"OR {claims}.expires_at < excluded.expires_at - {m}"  # expired: its end before now (= ours - lease)
+        )
+        self._owned_sql = (
+            f"SELECT invoice_id FROM {claims} WHERE vendor = {m} AND invoice_id IN ({{keys}}) AND holder = {m}"
+        )
+        self._holders_sql = f"SELECT invoice_id, holder, run_id, expires_at FROM {claims} WHERE vendor = {m} AND invoice_id IN ({{keys}})"
+        self._succeeded_sql = (
+            f"SELECT invoice_id, payload, run_id, updated_at FROM {ledger} "
+            f"WHERE vendor = {m} AND invoice_id IN ({{keys}}) AND state = '{LedgerState.SUCCEEDED.value}'"
+        )
+        self._release_sql = f"DELETE FROM {claims} WHERE vendor = {m} AND holder = {m} AND invoice_id IN ({{keys}})"
+
+    def claim(self, decisions: Iterable[Decision], holder: ClaimHolder, lease: float = CLAIM_LEASE) -> Claims:
+        """Claim decisions of one vendor for `holder`, in one transaction: see the module's docstring."""
+        decisions = list(decisions)
+        if not decisions:
+            return Claims([])
+        vendor = decisions[0].vendor
+        by_invoice = {d.invoice_id: d for d in decisions}
+        keys = sorted(by_invoice)  # one lock order for every run: concurrent claims never deadlock
+        with self.engine.begin() as conn:
+            won = self._claim_rows(conn, vendor, [by_invoice[k] for k in keys], holder, lease)
+            others = self._holders(conn, vendor, [k for k in keys if k not in won])
+            gone = {token for token, _, _ in others.values() if holder_is_gone(token)}
+            if gone:  # claims of processes on this machine that died: taken over now, not at expiry
+                conn.execute(
+                    claims_table.delete().where(claims_table.c.vendor == vendor, claims_table.c.holder.in_(gone))
+                )
+                retaken = [k for k, (token, _, _) in others.items() if token in gone]
+                won |= self._claim_rows(conn, vendor, [by_invoice[k] for k in retaken], holder, lease)
+        # Read after the claim's commit (outside the write lock the ledger's writer also needs): a
+        # success recorded by the run that held a row before is committed before that run let go.
+        with self.engine.connect() as conn:
+            done = self._succeeded(conn, vendor, [by_invoice[k] for k in sorted(won)])
+        if done:  # answered meanwhile by another run: not ours to send
+            with self.engine.begin() as conn:
+                self._delete_claims(conn, vendor, sorted(done), holder)
+        claims = Claims([by_invoice[k] for k in keys if k in won and k not in done])
+        for key, (_, run_id, until) in others.items():
+            if key not in won:
+                claims.held[by_invoice[key].row_number] = (run_id, until)
+        for key, answered in done.items():
+            claims.done[by_invoice[key].row_number] = answered
+        return claims
+
+    def release(self, decisions: Iterable[Decision], holder: ClaimHolder) -> None:
+        """Drop `holder`'s claims on these decisions (answered, or never sent)."""
+        by_vendor: dict[str, list[str]] = {}
+        for d in decisions:
+            by_vendor.setdefault(d.vendor, []).append(d.invoice_id)
+        with self.engine.begin() as conn:
+            for vendor, keys in by_vendor.items():
+                self._delete_claims(conn, vendor, sorted(keys), holder)
+
+    def renew(self, holder: ClaimHolder, lease: float = CLAIM_LEASE) -> int:
+        """Extend every claim `holder` has; returns how many it has."""
+        with self.engine.begin() as conn:
+            renewed = conn.execute(
+                claims_table.update()
+                .where(claims_table.c.holder == holder.token)
+                .values(expires_at=time.time() + lease)
+            )
+        return renewed.rowcount
+
+    def _claim_rows(self, conn, vendor: str, decisions: list[Decision], holder: ClaimHolder, lease: float) -> set[str]:
+        """Insert or take over (expired, or already ours) the claims; returns the invoices now ours."""
+        now = time.time()
+        until = now + lease
+        rows = [(vendor, d.invoice_id, d.payload, holder.run_id, holder.token, until, lease) for d in decisions]
+        conn.exec_driver_sql(self._claim_sql, rows)  # one executemany: no statement compiled per row
+        return set(self._select(conn, self._owned_sql, vendor, [d.invoice_id for d in decisions], holder.token))
+
+    def _holders(self, conn, vendor: str, keys: list[str]) -> dict[str, tuple[str, str, float]]:
+        """invoice -> (holder token, run id, lease end) of the claims on `keys`."""
+        return {row[0]: tuple(row[1:]) for row in self._select(conn, self._holders_sql, vendor, keys, rows=True)}
+
+    def _succeeded(self, conn, vendor: str, decisions: list[Decision]) -> dict[str, tuple[str, datetime]]:
+        """invoice -> (run, when) for the decisions the ledger holds as succeeded, same payload."""
+        payloads = {d.invoice_id: d.payload for d in decisions}
+        found = self._select(conn, self._succeeded_sql, vendor, sorted(payloads), rows=True)
+        return {key: (run_id, _utc(when)) for key, payload, run_id, when in found if payloads[key] == payload}
+
+    def _delete_claims(self, conn, vendor: str, keys: list[str], holder: ClaimHolder) -> None:
+        for start in range(0, len(keys), CLAIM_BATCH):
+            part = keys[start : start + CLAIM_BATCH]
+            text = self._release_sql.format(keys=", ".join([self._mark] * len(part)))
+            conn.exec_driver_sql(text, (vendor, holder.token, *part))
+
+    def _select(self, conn, sql: str, vendor: str, keys: list[str], *extra: str, rows: bool = False) -> list:
+        """Run `sql` (its `{keys}` a list of placeholders) over `keys`, CLAIM_BATCH at a time."""
+        found: list = []
+        for start in range(0, len(keys), CLAIM_BATCH):
+            part = keys[start : start + CLAIM_BATCH]
+            text = sql.format(keys=", ".join([self._mark] * len(part)))
+            result = conn.exec_driver_sql(text, (vendor, *part, *extra))
+            found.extend(result.all() if rows else result.scalars())
+        return found
+
     def _write_groups(self) -> None:
         """The one writer: commit every row waiting now in one transaction, then wake their senders."""
         connection = None
@@ -262,6 +447,12 @@ def add_missing_columns(engine: sa.Engine) -> None:
             except sa.exc.OperationalError as exc:  # SQLite: another process added it first
                 if "duplicate column" not in str(exc).lower():
                     raise
+
+
+def _utc(value) -> datetime:
+    """A timestamp as the driver gives it (SQLite: text, naive UTC; PostgreSQL: aware) in UTC."""
+    stamp = pd.Timestamp(value)
+    return (stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)).to_pydatetime()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
