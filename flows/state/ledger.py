@@ -196,7 +196,7 @@ class Ledger:
         self._timestamp = decisions_table.c.updated_at.type.dialect_impl(self.engine.dialect).bind_processor(
             self.engine.dialect
         ) or (lambda value: value)
-        metadata.create_all(self.engine)
+        create_missing_tables(self.engine)
         add_missing_columns(self.engine)
         self._pending: list[_PendingRow] = []
         self._wakeup = threading.Condition()
@@ -425,6 +425,22 @@ class Ledger:
         if self._writer is not None:
             self._writer.join()
         self.engine.dispose()
+
+
+def create_missing_tables(engine: sa.Engine) -> None:
+    """Create the tables a ledger lacks (all, for a new one; `decision_claims`, for one made before claims).
+
+    Several workers may open one ledger at once, so each table is created `IF NOT EXISTS`; on
+    PostgreSQL two such statements can still collide in its catalogue: a table another process
+    created meanwhile is taken as created.
+    """
+    for table in metadata.sorted_tables:
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+        except sa.exc.DBAPIError:
+            if not sa.inspect(engine).has_table(table.name):
+                raise
 
 
 def add_missing_columns(engine: sa.Engine) -> None:
