@@ -370,3 +370,20 @@ def test_the_threshold_and_the_retry_round_decide_who_is_told():
     assert not run_outcome(only_transient, 0.0, RetryRound(1, 3, "r")).notify  # round 2 sends it again
     assert run_outcome(only_transient, 0.0, RetryRound(3, 3, "r")).notify  # the last round says so
     assert run_outcome(results, 0.0, RetryRound(1, 3, "r")).notify  # a permanent failure is news
+
+
+def test_a_stopped_run_is_not_retried_behind_its_back_and_alerts_by_its_state():
+    from flows.orchestration.events import run_outcome
+
+    results = pd.DataFrame(
+        {
+            "vendor": ["alfred"] * 3,
+            "outcome": ["succeeded", "failed", "failed"],
+            "error_code": [None, "INTERRUPTED", "INTERRUPTED"],
+        }
+    )
+    unstopped = run_outcome(results, 0.0)
+    assert unstopped.transient_left and unstopped.notify  # INTERRUPTED is transient: a crash is retried
+    stopped = run_outcome(results, 0.0, stopped=True)
+    assert not stopped.transient_left  # no retry-failed round resends what a person stopped
+    assert not stopped.notify  # the run's Cancelled state alerts: one message

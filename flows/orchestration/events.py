@@ -12,7 +12,8 @@ invoice-sync.notify                 "true" when the alert should go out: the sha
                                     and this is not a retry round whose only failures are
                                     transient ones the next round sends again
 invoice-sync.transient-left         "true" when rows failed for a reason worth sending again
-                                    (the ledger's TRANSIENT_CODES)
+                                    (the ledger's TRANSIENT_CODES); never for a run stopped by
+                                    SIGINT/SIGTERM: a stop is not undone by a retry
 invoice-sync.retry-round            "0" for a run of a file, k for the k-th retry round
 
 The payload holds the counts and the text a person reads (`alert_text`).
@@ -62,6 +63,7 @@ class RunOutcome:
     permanent: dict[str, int]  # vendor -> rows failed otherwise, or rejected
     threshold: float
     retry: RetryRound
+    stopped: bool = False  # by SIGINT/SIGTERM: what it did not send waits for a person, not for a retry
 
     @property
     def share_exceeded(self) -> bool:
@@ -69,11 +71,13 @@ class RunOutcome:
 
     @property
     def transient_left(self) -> bool:
-        return sum(self.transient.values()) > 0
+        return not self.stopped and sum(self.transient.values()) > 0
 
     @property
     def notify(self) -> bool:
         """Tell a person, unless the only news is transient failures the next retry round resends."""
+        if self.stopped:  # the run's `Cancelled` state alerts: one problem, one message
+            return False
         if not self.share_exceeded:
             return False
         if self.retry.number == 0 or self.retry.last or not self.transient_left:
@@ -81,7 +85,9 @@ class RunOutcome:
         return sum(self.permanent.values()) > 0
 
 
-def run_outcome(results: pd.DataFrame, threshold: float, retry: RetryRound = RetryRound()) -> RunOutcome:
+def run_outcome(
+    results: pd.DataFrame, threshold: float, retry: RetryRound = RetryRound(), stopped: bool = False
+) -> RunOutcome:
     """Per vendor: the share of rows not done, and the failures split into transient and permanent."""
     transient_codes = {code.value for code in TRANSIENT_CODES}
     vendor = results["vendor"].fillna("(none)").astype(str)
@@ -95,6 +101,7 @@ def run_outcome(results: pd.DataFrame, threshold: float, retry: RetryRound = Ret
         permanent={str(v): int(n) for v, n in (not_done & ~transient).groupby(vendor).sum().items() if n},
         threshold=threshold,
         retry=retry,
+        stopped=stopped,
     )
 
 
@@ -117,6 +124,8 @@ def alert_text(summary: RunSummary, outcome: RunOutcome, deployment: str | None)
         errors = ", ".join(f"{code} ({n})" for code, n in summary.top_errors.get(vendor, [])) or "-"
         shown = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
         lines.append(f"  {vendor}: {shown}; {outcome.shares.get(vendor, 0.0):.1%} not done; {errors}")
+    if summary.stopped_by:
+        lines.append(f"{summary.stop_text()}: run the file again to send the rest")
     if outcome.transient_left:
         waiting = sum(outcome.transient.values())
         if outcome.retry.last:
@@ -179,7 +188,7 @@ def emit_run_finished(summary: RunSummary, results: pd.DataFrame, retry: RetryRo
     from prefect.events import emit_event
     from prefect.runtime import flow_run
 
-    outcome = run_outcome(results, failed_share_threshold(), retry)
+    outcome = run_outcome(results, failed_share_threshold(), retry, stopped=summary.stopped_by is not None)
     subject, body = alert_text(summary, outcome, _deployment_name())
     run_id = str(flow_run.get_id() or summary.run_id)
 
