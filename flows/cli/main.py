@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="send the decisions in FILE and write the results")
-    run.add_argument("file", help="decision file (.csv or .parquet)")
+    run.add_argument("file", help="decision file (.csv, .parquet, or an .xlsx/.xlsm workbook)")
     run.add_argument("--out", default="data/results", help="results folder (default: data/results)")
     run.add_argument("--dry-run", action="store_true", help="read, validate and plan; send nothing")
     run.add_argument("--vendors", help="comma-separated vendors to include (default: all)")
@@ -49,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="send again the decisions an earlier run saw fail permanently"
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--sheet", help="the workbook's sheet to read (default: the first)")
 
     validate = sub.add_parser("validate", help="check FILE without sending anything")
     validate.add_argument("file")
     validate.add_argument("--show", type=int, default=20, help="rejected rows to list (default 20)")
+    validate.add_argument("--sheet", help="the workbook's sheet to read (default: the first)")
 
     sandbox = sub.add_parser("sandbox", help="serve the four simulated vendor APIs on 127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)
@@ -101,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cmd = ["--port", str(args.port)] + (["--seed", args.seed] if args.seed else [])
         return sandbox.main(cmd + (["--auto-create"] if args.auto_create else []))
+    if args.command in ("run", "validate") and args.sheet is not None and not _is_workbook(args.file):
+        print(f"invoice-sync: --sheet is for Excel workbooks (.xlsx, .xlsm), not {args.file}", file=sys.stderr)
+        return EXIT_UNUSABLE
     if args.command == "validate":
-        return validate_command(args.file, args.show)
+        return validate_command(args.file, args.show, sheet=args.sheet)
     if args.command == "demo":
         return demo_command(args.out)
     from connectors.registry import UnknownVendor, parse_vendors
@@ -122,7 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         chunk_size=args.chunk_size,
         retry_failed=args.retry_failed,
         show_progress=False if args.no_progress else None,
+        sheet=args.sheet,
     )
+
+
+def _is_workbook(path: str) -> bool:
+    from flows.pipeline.workbook_reader import WORKBOOK_SUFFIXES
+
+    return Path(path).suffix.lower() in WORKBOOK_SUFFIXES
 
 
 def run_command(
@@ -134,8 +146,9 @@ def run_command(
     chunk_size: int | None = None,
     retry_failed: bool = False,
     show_progress: bool | None = None,
+    sheet: str | None = None,
 ) -> int:
-    """Run the flow on one file and print what happened."""
+    """Run the flow on one file (a workbook's `sheet`) and print what happened."""
     from connectors.redact import install_log_redaction
     from flows.orchestration.temporary_server import PrefectServerError, prefect_api
 
@@ -155,6 +168,7 @@ def run_command(
                 chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
                 retry_failed=retry_failed,
                 show_progress=show_progress,
+                sheet=sheet,
                 return_state=True,
             )
             if state.name in NOTHING_SENT_STATES:
@@ -199,23 +213,30 @@ def print_summary(summary: RunSummary) -> None:
     console.print(table)
     console.print(f"{summary.rows} rows from {summary.source} in {summary.seconds:.1f} s")
     console.print(f"results: {summary.results_path}  (spreadsheet copy: {summary.csv_path})")
+    if summary.workbook_path:
+        console.print(f"workbook: {summary.workbook_path}")
+    elif summary.no_workbook_because:
+        console.print(f"no results.xlsx: {summary.no_workbook_because}")
+    if summary.needs_attention_rows:
+        console.print(f"[bold]{summary.attention_text()}[/bold] (fix them there and run it, or drop it into the inbox)")
 
 
-def validate_command(path: str, show: int) -> int:
-    """Read, validate and plan FILE; list the rows that would not be sent."""
+def validate_command(path: str, show: int, *, sheet: str | None = None) -> int:
+    """Read, validate and plan FILE (a workbook's `sheet`); list the rows that would not be sent."""
     import numpy as np
 
     from flows.pipeline.planning import plan_rows
-    from flows.pipeline.reader import UnusableFile, read_decisions
+    from flows.pipeline.reader import UnusableFile, read_decision_file
     from flows.pipeline.validation import SuiteError, ValidationError, validate_decisions
 
     try:
-        frame = read_decisions(path)
+        decisions = read_decision_file(path, sheet=sheet)
     except UnusableFile as exc:
         print(f"invoice-sync: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    frame = decisions.frame
     try:
-        report = validate_decisions(frame)
+        report = validate_decisions(frame, error_cells=decisions.error_cells)
     except (SuiteError, ValidationError) as exc:
         print(f"invoice-sync: validation could not run: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -223,8 +244,9 @@ def validate_command(path: str, show: int) -> int:
     rejected = np.flatnonzero(plan_.outcome == "rejected")
     held = list(zip(frame["row_number"].to_numpy()[rejected].tolist(), plan_.error_message[rejected], strict=True))
     skipped = int(np.count_nonzero(plan_.outcome == "skipped"))
+    where = f"{path} (sheet '{decisions.sheet}', rows as Excel numbers them)" if decisions.sheet else path
     print(
-        f"{path}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates"
+        f"{where}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates"
     )
     for row, message in held[:show]:
         print(f"  row {row}: {message}")

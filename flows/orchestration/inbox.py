@@ -16,6 +16,8 @@ from prefect.states import Completed, Failed
 
 from connectors.registry import UnknownVendor, parse_vendors
 from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, sync_decisions
+from flows.pipeline.results import NEEDS_ATTENTION_CSV, NEEDS_ATTENTION_WORKBOOK
+from flows.pipeline.workbook_reader import WORKBOOK_SUFFIXES
 from flows.state.inbox_folder import (
     DEFAULT_SETTLE_SECONDS,
     InboxLayout,
@@ -65,8 +67,13 @@ def process_inbox(
     processed_dir: str | None = None,
     rejected_dir: str | None = None,
     results_root: str | None = None,
+    sheet: str | None = None,
 ):
     """Process every ready file in `inbox` once: claim, sync, then move to processed/ or rejected/.
+
+    `sheet` names the worksheet read from each Excel workbook (default: its first); CSV and
+    Parquet files have none. A processed file some of whose rows need a person gets a
+    `<name>.reason.txt` beside it naming its needs_attention.xlsx.
 
     Final state: Completed when every file's rows all succeeded or were skipped (or there was
     nothing to do); otherwise Failed, named `RowsNotDone` when some file had rows not done, or
@@ -99,7 +106,7 @@ def process_inbox(
 
     rows: list[dict[str, object]] = []
     for path in claimed:
-        rows.append(_process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger))
+        rows.append(_process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger, sheet))
 
     create_table_artifact(rows, key="invoice-sync-inbox", description=f"Files taken from {layout.inbox}")
     text = "; ".join(f"{r['file']}: {r['outcome']} ({r['detail']})" for r in rows)
@@ -109,7 +116,9 @@ def process_inbox(
     return Failed(name=name, message=text, data=rows)
 
 
-def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger) -> dict:
+def _process_one(
+    layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger, sheet=None
+) -> dict:
     """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
     when = stamp()
     out = results_dir(layout, path, when)
@@ -122,6 +131,7 @@ def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, 
             chunk_size=chunk_size,
             show_progress=False,
             settings_from_blocks=settings_from_blocks,
+            sheet=sheet if path.suffix.lower() in WORKBOOK_SUFFIXES else None,
             return_state=True,
         )
         name, message = state.name, state.message or ""
@@ -129,11 +139,12 @@ def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, 
         state, name, message = None, "Crashed", f"{type(error).__name__}: {error}"
     message = message.replace(str(path), path.name)  # the claim folder means nothing to a reader
 
+    attention = _attention(out) if name in PROCESSED_STATES else None
     if name in PROCESSED_STATES and dry_run:  # a rehearsal: nothing sent, so the file stays to be sent
         moved = put_back(layout, path)
         outcome = "previewed (dry run, left in the inbox)"
     elif name in PROCESSED_STATES:
-        moved = finish(layout, path, when=when)
+        moved = finish(layout, path, when=when, attention=attention)
         outcome = "processed"
     else:
         if name == UNUSABLE_STATE:
@@ -155,4 +166,17 @@ def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, 
         "detail": message,
         "moved to": str(moved),
         "results": str(out) if out.exists() else "",
+        "needs attention": attention or "",
     }
+
+
+def _attention(out: Path) -> str | None:
+    """What the reason file says of rows that need a person: their file, and what to do with it."""
+    found = [out / name for name in (NEEDS_ATTENTION_WORKBOOK, NEEDS_ATTENTION_CSV) if (out / name).exists()]
+    if not found:
+        return None
+    return (
+        f"The rows that were rejected or refused by the vendor are in {found[0]}, each with its "
+        "error_code and reason. Fix them there and drop that file into the inbox as it is: the "
+        "other rows are done and are not sent again."
+    )
