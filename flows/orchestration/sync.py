@@ -93,12 +93,12 @@ def consult_ledger(frame: pd.DataFrame, plan_: Plan, ledger: Ledger, retry_faile
     return reported
 
 
-def write_spreadsheets(frame: pd.DataFrame, results: pd.DataFrame, summary: RunSummary, out_dir: str) -> None:
+def write_spreadsheets(decisions: DecisionFile, results: pd.DataFrame, summary: RunSummary, out_dir: str) -> None:
     """needs_attention.xlsx/.csv and results.xlsx; results.parquet and .csv are written already, so a
     failure here is said (in the summary and the log) and never loses the run."""
     logger = get_run_logger()
     try:
-        write_needs_attention(needs_attention(frame, results), summary, out_dir)
+        write_needs_attention(needs_attention(decisions.frame, results), summary, out_dir, sheet=decisions.sheet)
     except Exception as exc:
         logger.warning("needs_attention files not written: %s", one_line(exc))
     if summary.needs_attention_rows:
@@ -157,7 +157,7 @@ def sync_decisions(
     parquet_path, csv_path = write_results(results, out_dir)
     summary = summarize(results, run_id, path, dry_run=dry_run)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
-    write_spreadsheets(frame, results, summary, out_dir)
+    write_spreadsheets(decisions, results, summary, out_dir)
     try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
         summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
     except Exception as exc:

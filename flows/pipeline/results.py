@@ -229,14 +229,21 @@ def needs_attention(frame: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     return attention
 
 
-def write_needs_attention(attention: pd.DataFrame, summary: RunSummary, out_dir: str | os.PathLike) -> list[Path]:
+def write_needs_attention(
+    attention: pd.DataFrame, summary: RunSummary, out_dir: str | os.PathLike, *, sheet: str | None = None
+) -> list[Path]:
     """needs_attention.xlsx (if it fits in a sheet) and needs_attention.csv, only when some row needs a
-    person; an earlier run's files in the same folder are removed when none does."""
+    person; an earlier run's files in the same folder are removed when none does.
+
+    `sheet` is the input workbook's sheet: the needs-attention sheet takes its name, so an inbox
+    told to read that sheet reads the corrected file too.
+    """
     out = Path(out_dir)
     workbook, csv_copy = out / NEEDS_ATTENTION_WORKBOOK, out / NEEDS_ATTENTION_CSV
     written: list[Path] = []
     if len(attention) and fits_in_a_sheet(len(attention), attention.shape[1]) is None:
-        atomic_write(workbook, lambda p: write_workbook(p, [DataSheet("needs attention", attention)]))
+        sheets = [DataSheet(sheet or "needs attention", attention)]
+        atomic_write(workbook, lambda p: write_workbook(p, sheets))
         written.append(workbook)
     else:
         workbook.unlink(missing_ok=True)
