@@ -270,6 +270,18 @@ def test_refusals_of_workbooks_without_a_sheet_or_a_header(tmp_path):
     assert "cells without a position" in unusable(zipped(tmp_path / "u.xlsx", minimal_package(unpositioned)))
 
 
+def test_a_package_without_relationships_and_a_giant_value(tmp_path):
+    header = '<row r="1"><c r="A1" t="inlineStr"><is><t>invoice_id</t></is></c><c r="B1" t="inlineStr"><is><t>vendor'
+    header += '</t></is></c><c r="C1" t="inlineStr"><is><t>decision</t></is></c></row>'
+    parts = minimal_package(header)
+    assert len(read_decisions(zipped(tmp_path / "ok.xlsx", parts))) == 0
+    del parts["_rels/.rels"]  # the package's relationships lead to its workbook: without them there is none
+    assert "a zip archive without a workbook inside" in unusable(zipped(tmp_path / "r.xlsx", parts))
+    letters = bytes(os.urandom(40 << 20)).translate(bytes(97 + b % 26 for b in range(256)))  # hardly compressible
+    giant = header + f'<row r="2"><c r="A2" t="inlineStr"><is><t>{letters.decode()}</t></is></c></row>'
+    assert "a value far larger than a cell can" in unusable(zipped(tmp_path / "g.xlsx", minimal_package(giant)))
+
+
 def bomb_files(folder: Path) -> dict[str, Path]:
     """Workbooks that would take far more memory than they take disk."""
     folder.mkdir(exist_ok=True)

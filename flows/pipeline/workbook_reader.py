@@ -244,6 +244,8 @@ def _scan_sheet(package: zipfile.ZipFile, part: str, name: str) -> dict[tuple[in
                     cut = buffer.rfind(_ROW_END)  # whole rows, so an error cell's value is in the same piece
                     cut = cut + len(_ROW_END) if cut >= 0 else buffer.rfind(b"<")
                     body, tail = (buffer[:cut], buffer[cut:]) if cut > 0 else (b"", buffer)
+                    if len(tail) > _SCAN_CHUNK:  # no tag in 16 MiB: no cell holds that much (32,767 characters)
+                        raise UnreadableWorkbook(f"refused: sheet '{name}' holds a value far larger than a cell can")
                 else:
                     body, tail = buffer, b""
                 scan.add(body)
