@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--prefect-server", action="store_true",
                         help="also run `run --dry-run` against a running Prefect server")
+    parser.add_argument("--only", help="comma-separated file kinds to measure (parquet, csv, repeats, xlsx)")
     args = parser.parse_args(argv)
 
     work = WORK_DIR / "scale"
@@ -109,7 +110,11 @@ def _measure(args: argparse.Namespace, inputs: dict[str, Path], work: Path, cli:
         if result["exit"] not in (0, 1):
             print(result["err"], file=sys.stderr)
 
+    wanted = {kind.strip() for kind in args.only.split(",")} if args.only else None
     for label, path in inputs.items():
+        kind = "repeats" if "repeats" in label else label.split(",")[0]
+        if wanted is not None and kind not in wanted:
+            continue
         measure(label, "validate", [cli, "validate", str(path), "--show", "0"], env)
         out = work / "results"
         shutil.rmtree(out, ignore_errors=True)

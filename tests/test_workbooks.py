@@ -268,6 +268,8 @@ def test_refusals_of_workbooks_without_a_sheet_or_a_header(tmp_path):
     assert "required columns missing: invoice_id, decision" in unusable(no_ids)
     unpositioned = '<row r="1"><c t="inlineStr"><is><t>invoice_id</t></is></c></row>'
     assert "cells without a position" in unusable(zipped(tmp_path / "u.xlsx", minimal_package(unpositioned)))
+    padded = '<row r="1"><c r="A01" t="inlineStr"><is><t>invoice_id</t></is></c></row>'  # no program writes A01
+    assert "beyond Excel's sheet size" in unusable(zipped(tmp_path / "p.xlsx", minimal_package(padded)))
 
 
 def test_a_package_without_relationships_and_a_giant_value(tmp_path):

@@ -275,27 +275,45 @@ class _Extent:
     def add(self, body: bytes) -> None:
         if not body:
             return
-        data = np.frombuffer(body + bytes(16), dtype=np.uint8)  # padded: windows may run past the end
+        data = np.frombuffer(body + bytes(16), dtype=np.uint8)  # padded: reads may run past the end
         self.cells += len(_CELL_START.findall(body)) if b":c" in body else _count_cells(data, len(body))
         hits = _word_positions(data, len(body), b' r="') + 4  # where each position's text starts
         if not len(hits):
             return
-        text = data[hits[:, None] + np.arange(12)]  # 3 letters, 7 digits and the quote fit in 12
-        upper = text & 0xDF
-        letters = np.argmin((upper >= 65) & (upper <= 90), axis=1)
-        after = np.where(np.arange(12) >= letters[:, None], (text >= 48) & (text <= 57), True)
-        digits = np.argmin(after, axis=1) - letters
-        if (letters > 3).any() or (digits > 7).any():
-            raise UnreadableWorkbook("refused: a cell position beyond Excel's sheet size (a crafted file?)")
-        cell = (letters > 0) & (digits > 0) & (text[np.arange(len(hits)), letters + digits] == 34)
-        if not cell.any():
+        letters = np.zeros(len(hits), dtype=np.int64)
+        run = np.ones(len(hits), dtype=bool)
+        for place in range(4):  # how many letters lead (a cell's column; none for a row's number)
+            upper = data[hits + place] & 0xDF
+            run &= (upper >= 65) & (upper <= 90)
+            letters += run
+        cell = letters > 0
+        hits, letters = hits[cell], letters[cell]
+        if not len(hits):
             return  # only rows' numbers (`<row r="5">`)
-        hits, letters, digits = hits[cell], letters[cell], digits[cell]
-        row = _number(data, hits + letters, digits, 7, 10, 48)
-        column = _number(data, hits, letters, 3, 26, 64, mask=0xDF)
+        starts = hits + letters
+        digits = np.zeros(len(hits), dtype=np.int64)
+        run = np.ones(len(hits), dtype=bool)
+        for place in range(8):
+            byte = data[starts + place]
+            run &= (byte >= 48) & (byte <= 57)
+            digits += run
+        closed = data[starts + digits] == 34
+        if (letters > 3).any() or (digits > 7).any() or (digits == 0).any() or (data[starts] == 48).any():
+            # beyond XFD1048576, or written as no program writes it (A0, A007): never read on trust
+            raise UnreadableWorkbook("refused: a cell position beyond Excel's sheet size (a crafted file?)")
+        hits, letters, digits, starts = hits[closed], letters[closed], digits[closed], starts[closed]
         self.positioned += len(hits)
-        self.rows = (min(self.rows[0], int(row.min())), max(self.rows[1], int(row.max())))
-        self.columns = (min(self.columns[0], int(column.min())), max(self.columns[1], int(column.max())))
+        if not len(hits):
+            return
+        # Only the smallest and largest matter. Without leading zeros, a longer number is larger,
+        # and numbers of one length compare as their text: compare packed bytes, not values.
+        rows = (_extreme(data, starts, digits, False), _extreme(data, starts, digits, True))
+        columns = (_extreme(data, hits, letters, False, 0xDF), _extreme(data, hits, letters, True, 0xDF))
+        self.rows = (min(self.rows[0], int(rows[0])), max(self.rows[1], int(rows[1])))
+        self.columns = (
+            min(self.columns[0], _column_number(columns[0])),
+            max(self.columns[1], _column_number(columns[1])),
+        )
 
     def check(self, name: str) -> None:
         if not self.rows[1]:
@@ -328,17 +346,23 @@ def _word_positions(data: np.ndarray, length: int, word: bytes) -> np.ndarray:
     return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
 
-def _number(
-    data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, most: int, base: int, zero: int, mask: int = 0xFF
-) -> np.ndarray:
-    """The numbers written at data[start : start + length] in `base` (digits from `zero` on, each
-    byte `& mask` first: 0xDF upper-cases letters)."""
-    places = np.arange(most)
-    index = (starts + lengths - most)[:, None] + places  # right-aligned: the last digit in the last place
-    inside = places >= (most - lengths)[:, None]
-    values = np.where(inside, (data[np.maximum(index, 0)] & mask).astype(np.float64) - zero, 0.0)
-    # float64 is exact here (below 10**7 and 26**3) and its matrix product is the fast one.
-    return (values @ (float(base) ** np.arange(most - 1, -1, -1))).astype(np.int64)
+def _extreme(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, largest: bool, mask: int = 0xFF) -> bytes:
+    """The smallest or largest of the texts data[start : start + length], by length then bytes
+    (each byte `& mask` first: 0xDF upper-cases letters)."""
+    length = int(lengths.max() if largest else lengths.min())
+    chosen = starts[lengths == length]
+    text = data[chosen[:, None] + np.arange(length)] & mask
+    keys = np.zeros((len(chosen), 8), dtype=np.uint8)
+    keys[:, 8 - length :] = text  # right-aligned in 8 bytes: one big-endian number per text
+    packed = keys.view(">u8").ravel()
+    return bytes(keys[int(packed.argmax() if largest else packed.argmin()), 8 - length :])
+
+
+def _column_number(letters: bytes) -> int:
+    number = 0
+    for letter in letters.decode("ascii"):
+        number = number * 26 + ord(letter) - 64
+    return number
 
 
 def _count_cells(data: np.ndarray, length: int) -> int:
