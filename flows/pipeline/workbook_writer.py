@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import pandas as pd
@@ -336,7 +336,7 @@ def _workbook_rels(sheets: int) -> str:
 def _workbook_xml(sheets: Sequence[DataSheet | TableSheet]) -> str:
     entries, filters = [], []
     for index, sheet in enumerate(sheets):
-        entries.append(f'<sheet name="{escape(sheet.name)}" sheetId="{index + 1}" r:id="rId{index + 1}"/>')
+        entries.append(f'<sheet name={quoteattr(sheet.name)} sheetId="{index + 1}" r:id="rId{index + 1}"/>')
         if isinstance(sheet, DataSheet) and sheet.frame.shape[1]:
             last = f"${column_letters(sheet.frame.shape[1] - 1)}${len(sheet.frame) + 1}"
             quoted = "'" + sheet.name.replace("'", "''") + "'"
