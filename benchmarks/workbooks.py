@@ -65,10 +65,21 @@ def reading(folder: Path, rows: int, repeat: int) -> list[list[object]]:
         for round_ in range(repeat):
             for reader, script in READERS.items():
                 result = timed_command([PYTHON, "-c", script, str(path)], quiet_env())
-                out.append([label, reader, round_ + 1, f"{result['seconds']:.1f}", f"{result['cpu']:.1f}",
-                            f"{result['peak_mib']:,.0f}"])
-                print(f"  read {label:24s} {reader:20s} {result['seconds']:7.1f} s {result['peak_mib']:7,.0f} MiB",
-                      file=sys.stderr, flush=True)
+                out.append(
+                    [
+                        label,
+                        reader,
+                        round_ + 1,
+                        f"{result['seconds']:.1f}",
+                        f"{result['cpu']:.1f}",
+                        f"{result['peak_mib']:,.0f}",
+                    ]
+                )
+                print(
+                    f"  read {label:24s} {reader:20s} {result['seconds']:7.1f} s {result['peak_mib']:7,.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return out
 
 
@@ -82,7 +93,8 @@ def dry_run_results(rows: int):
     source = WORK_DIR / "workbooks" / f"decisions-{rows}.parquet"
     if not source.exists():
         generate_decisions(rows, seed=7, duplicate_share=0.05, conflict_share=0.005, invalid_share=0.01).to_parquet(
-            source, index=False)
+            source, index=False
+        )
     frame = read_decisions(source)
     plan = plan_rows(frame, validate_decisions(frame).row_errors)
     return frame, assemble_results(frame, plan, [], "00000000-0000-4000-8000-000000000000", dry_run=True)
@@ -113,14 +125,20 @@ def writing(folder: Path, rows: int, baseline_rows: int) -> list[list[object]]:
 
     timed("results.parquet + results.csv", lambda: write_results(results, out))
     attention = needs_attention(frame, results)
-    timed(f"needs_attention.xlsx + .csv ({len(attention):,} rows)", lambda: write_needs_attention(attention, summary, out))
+    timed(
+        f"needs_attention.xlsx + .csv ({len(attention):,} rows)", lambda: write_needs_attention(attention, summary, out)
+    )
     timed("results.xlsx (this project's writer)", lambda: write_results_workbook(results, summary, out))
 
     part = results.head(baseline_rows)
-    ours = timed(f"results.xlsx, first {baseline_rows:,} rows (this project's writer)",
-                 lambda: write_results_workbook(part, summary, out))
-    theirs = timed(f"results.xlsx, first {baseline_rows:,} rows (XlsxWriter constant_memory)",
-                   lambda: xlsxwriter_results(part, out / "xlsxwriter.xlsx"))
+    ours = timed(
+        f"results.xlsx, first {baseline_rows:,} rows (this project's writer)",
+        lambda: write_results_workbook(part, summary, out),
+    )
+    theirs = timed(
+        f"results.xlsx, first {baseline_rows:,} rows (XlsxWriter constant_memory)",
+        lambda: xlsxwriter_results(part, out / "xlsxwriter.xlsx"),
+    )
     figures[-1][4] = f"{theirs / ours:.1f}x the cpu"
     return figures
 
@@ -134,14 +152,29 @@ def xlsxwriter_results(results, path: Path) -> None:
     sheet = book.add_worksheet("results")
     bold = book.add_format({"bold": True})
     fills = {"failed": {"bg_color": "#FFC7CE"}, "rejected": {"bg_color": "#FFEB9C"}, None: {}}
-    formats = {(key, kind): book.add_format({**fill, **({"num_format": "@"} if kind == "text" else
-                                                         {"num_format": "yyyy-mm-dd hh:mm:ss"} if kind == "date" else {})})
-               for key, fill in fills.items() for kind in ("text", "number", "date")}
+    formats = {
+        (key, kind): book.add_format(
+            {
+                **fill,
+                **(
+                    {"num_format": "@"}
+                    if kind == "text"
+                    else {"num_format": "yyyy-mm-dd hh:mm:ss"}
+                    if kind == "date"
+                    else {}
+                ),
+            }
+        )
+        for key, fill in fills.items()
+        for kind in ("text", "number", "date")
+    }
     sheet.write_row(0, 0, list(results.columns), bold)
     sheet.freeze_panes(1, 0)
     sheet.autofilter(0, 0, len(results), results.shape[1] - 1)
-    kinds = ["number" if c in ("row_number", "http_status", "attempts") else "date" if c == "finished_at" else "text"
-             for c in results.columns]
+    kinds = [
+        "number" if c in ("row_number", "http_status", "attempts") else "date" if c == "finished_at" else "text"
+        for c in results.columns
+    ]
     columns = []
     for name, kind in zip(results.columns, kinds, strict=True):
         column = results[name]
@@ -176,10 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     folder = WORK_DIR / "workbooks"
     folder.mkdir(parents=True, exist_ok=True)
     if not args.no_reading:
-        print(table("\nReading one sheet, in a fresh process each (wall time includes Python and the import)",
-                    ["sheet", "reader", "round", "wall s", "cpu s", "peak MiB"], reading(folder, args.sheet_rows, args.repeat)))
-    print(table("\nWriting the results of a dry run", ["decisions", "what", "wall s", "cpu s", "vs this writer"],
-                writing(folder, args.results_rows, args.baseline_rows)))
+        print(
+            table(
+                "\nReading one sheet, in a fresh process each (wall time includes Python and the import)",
+                ["sheet", "reader", "round", "wall s", "cpu s", "peak MiB"],
+                reading(folder, args.sheet_rows, args.repeat),
+            )
+        )
+    print(
+        table(
+            "\nWriting the results of a dry run",
+            ["decisions", "what", "wall s", "cpu s", "vs this writer"],
+            writing(folder, args.results_rows, args.baseline_rows),
+        )
+    )
     return 0
 
 
