@@ -89,8 +89,12 @@ worker: $(STAMP)
 	$(BIN)/prefect worker start --pool $(INVOICE_SYNC_POOL) --type process
 
 # -- Benchmarks (docs/performance.md) ---------------------------------------------------------
-.PHONY: bench-scale
+.PHONY: bench-scale bench-workbooks
 
 # A million decisions: `validate` and `run --dry-run`, wall time and peak memory.
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
+
+# Excel workbooks: python-calamine against openpyxl, and writing a million-row run's results.
+bench-workbooks: $(STAMP)
+	$(BIN)/python benchmarks/workbooks.py

@@ -168,8 +168,13 @@ def timed_command(cmd: list[str], env: dict[str, str]) -> dict[str, float | int 
     done = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+    # CPU seconds too: on a machine shared with other work they move far less than wall time.
+    cpu = sum(
+        float(re.search(rf"{kind} time \(seconds\): ([0-9.]+)", done.stderr).group(1)) for kind in ("User", "System")
+    )
     return {
         "seconds": wall,
+        "cpu": cpu,
         "peak_mib": rss_kb / 1024,
         "exit": done.returncode,
         "out": done.stdout[-2000:],

@@ -11,7 +11,9 @@ command runs in a fresh process under /usr/bin/time -v: wall seconds and peak re
 CSV, a million rows each); its flow time is what the run itself reports, the rest is starting
 Python and Prefect (its embedded API, unless --prefect-server) and exiting.
 
-Targets: under 30 s and under 2 GiB peak for each command on the million-row files.
+Targets: under 30 s and under 2 GiB peak for each command on the million-row files. The
+workbook is Excel's largest sheet, a header and 1,048,575 rows (written once by the project's
+own workbook writer, inline strings); its target is under 60 s and 2 GiB.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from benchmarks.common import (
 
 TARGET_SECONDS = 30.0
 TARGET_MIB = 2048.0
+WORKBOOK_TARGET_SECONDS = 60.0
+EXCEL_DATA_ROWS = 1_048_575  # with the header, the 1,048,576 rows of Excel's largest sheet
 
 
 def files(rows: int, folder: Path) -> dict[str, Path]:
@@ -54,12 +58,19 @@ def files(rows: int, folder: Path) -> dict[str, Path]:
     if not out["parquet, 50% repeats"].exists():
         frame = generate_decisions(rows, seed=8, duplicate_share=0.45, conflict_share=0.05, invalid_share=0.01)
         _atomic(out["parquet, 50% repeats"], lambda p: frame.to_parquet(p, index=False))
+    sheet_rows = EXCEL_DATA_ROWS if rows >= 1_000_000 else rows  # Excel's largest sheet, or the smaller run
+    out["xlsx, largest sheet"] = folder / f"decisions-{sheet_rows}.xlsx"
+    if not out["xlsx, largest sheet"].exists():
+        from flows.pipeline.workbook_writer import DataSheet, write_workbook
+
+        frame = generate_decisions(sheet_rows, seed=9, duplicate_share=0.05, conflict_share=0.005, invalid_share=0.01)
+        _atomic(out["xlsx, largest sheet"], lambda p: write_workbook(p, [DataSheet("decisions", frame)]))
     return out
 
 
 def _atomic(target: Path, write) -> None:
     """Cached inputs appear whole or not at all, even with two benchmark runs at once."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
     write(temporary)
     os.replace(temporary, target)
 
@@ -70,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prefect-server", action="store_true", help="also run `run --dry-run` against a running Prefect server"
     )
+    parser.add_argument("--only", help="comma-separated file kinds to measure (parquet, csv, repeats, xlsx)")
     args = parser.parse_args(argv)
 
     work = WORK_DIR / "scale"
@@ -90,12 +102,14 @@ def _measure(args: argparse.Namespace, inputs: dict[str, Path], work: Path, cli:
         result = timed_command(cmd, run_env)
         found = re.search(r"rows from .* in ([0-9.]+) s", result["out"])
         flow = f"{float(found.group(1)):.1f}" if found else "-"
-        ok = result["seconds"] < TARGET_SECONDS and result["peak_mib"] < TARGET_MIB
+        target = WORKBOOK_TARGET_SECONDS if label.startswith("xlsx") else TARGET_SECONDS
+        ok = result["seconds"] < target and result["peak_mib"] < TARGET_MIB
         rows.append(
             [
                 label,
                 kind,
                 f"{result['seconds']:.1f}",
+                f"{result['cpu']:.1f}",
                 flow,
                 f"{result['peak_mib']:,.0f}",
                 result["exit"],
@@ -110,7 +124,11 @@ def _measure(args: argparse.Namespace, inputs: dict[str, Path], work: Path, cli:
         if result["exit"] not in (0, 1):
             print(result["err"], file=sys.stderr)
 
+    wanted = {kind.strip() for kind in args.only.split(",")} if args.only else None
     for label, path in inputs.items():
+        kind = "repeats" if "repeats" in label else label.split(",")[0]
+        if wanted is not None and kind not in wanted:
+            continue
         measure(label, "validate", [cli, "validate", str(path), "--show", "0"], env)
         out = work / "results"
         shutil.rmtree(out, ignore_errors=True)
@@ -127,8 +145,9 @@ def _measure(args: argparse.Namespace, inputs: dict[str, Path], work: Path, cli:
 
     print(
         table(
-            f"\nScale: {args.rows:,} decisions per file (targets: < {TARGET_SECONDS:g} s wall, < 2 GiB peak RSS)",
-            ["file", "command", "wall s", "flow s", "peak MiB", "exit", "target met"],
+            f"\nScale: {args.rows:,} decisions per file, Excel's largest sheet for the workbook (targets: "
+            f"< {TARGET_SECONDS:g} s wall, < {WORKBOOK_TARGET_SECONDS:g} s for the workbook, < 2 GiB peak RSS)",
+            ["file", "command", "wall s", "cpu s", "flow s", "peak MiB", "exit", "target met"],
             rows,
         )
     )

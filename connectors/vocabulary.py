@@ -58,7 +58,7 @@ class WouldChange(enum.StrEnum):
 class Decision:
     """One validated row of the decision file, as a connector sees it."""
 
-    row_number: int  # 1-based position of the row among the file's data rows
+    row_number: int  # the file's row_number: 1-based among its data rows; for a workbook, the row Excel shows
     invoice_id: str
     vendor: str
     decision: str  # "approve" | "cancel"

@@ -61,7 +61,7 @@ def test_each_deployment_runs_the_inbox_flow_with_parameters_it_accepts(config, 
     assert flow.name == "process-inbox"
     schema = parameter_schema(flow)
     assert set(spec["parameters"]) <= set(schema.properties)  # every parameter is the flow's
-    assert {"inbox", "dry_run", "vendors", "chunk_size"} <= set(spec["parameters"])  # editable in the UI
+    assert {"inbox", "dry_run", "vendors", "chunk_size", "sheet"} <= set(spec["parameters"])  # editable in the UI
     flow.validate_parameters(spec["parameters"])
     assert rendered(spec["work_pool"]["name"], {"INVOICE_SYNC_POOL": "pool-x"}) == "pool-x"
 

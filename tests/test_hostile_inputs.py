@@ -78,7 +78,7 @@ CASES = [
         None,
     ),
     ("a_directory.csv", lambda p: p.mkdir(), EXIT_UNUSABLE, "directory"),
-    ("notes.xlsx", lambda p: p.write_bytes(b"PK\x03\x04 not really"), EXIT_UNUSABLE, "unsupported file type ('.xlsx')"),
+    ("notes.xlsx", lambda p: p.write_bytes(b"PK\x03\x04 not really"), EXIT_UNUSABLE, "not a readable excel workbook"),
 ]
 
 

@@ -471,7 +471,12 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
     assert sorted(p.name for p in layout.inbox.iterdir()) == [".claimed", "half.csv.part", "~$good.csv"]
     assert list(layout.claimed.iterdir()) == []
     processed = sorted(p.name for p in layout.processed.iterdir())
-    assert [n.split("-")[0] for n in processed] == ["decisions", "good"]
+    assert [n.split("-")[0] for n in processed] == ["decisions", "decisions", "good"]
+    # the file with rows a person must fix has a reason file naming them; the good one none
+    (attention,) = layout.processed.glob("decisions-*.csv.reason.txt")
+    assert (
+        "some of its rows need attention" in attention.read_text() and "needs_attention.xlsx" in attention.read_text()
+    )
     rejected = sorted(p.name for p in layout.rejected.iterdir())
     assert len(rejected) == 4 and sum(n.endswith(".reason.txt") for n in rejected) == 2
     reason = next(layout.rejected.glob("notes-*.txt.reason.txt")).read_text()
@@ -481,7 +486,16 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
     folders = sorted(p.name for p in layout.results.iterdir())
     assert [f.split("-")[0] for f in folders] == ["decisions", "good"]
     decisions_out = layout.results / folders[0]
-    assert {p.name for p in decisions_out.iterdir()} == {"results.parquet", "results.csv", "validation.html"}
+    assert {p.name for p in decisions_out.iterdir()} == {
+        "results.parquet",
+        "results.csv",
+        "results.xlsx",
+        "validation.html",
+        "needs_attention.xlsx",
+        "needs_attention.csv",
+    }
+    good_out = layout.results / folders[1]
+    assert not list(good_out.glob("needs_attention.*"))  # nothing to attend to: no file
     results = pd.read_parquet(decisions_out / "results.parquet")
     assert results["row_number"].tolist() == list(range(1, 23))
 

@@ -310,7 +310,7 @@ def test_whitespace_only_file(tmp_path: Path) -> None:
     assert "no header" in unusable(write(tmp_path, "d.csv", "\n \r\n"))
 
 
-@pytest.mark.parametrize("name", ["d.txt", "d.xlsx", "d", "d.csv.gz"])
+@pytest.mark.parametrize("name", ["d.txt", "d.json", "d", "d.csv.gz"])  # workbooks: tests/test_workbooks.py
 def test_wrong_extension(tmp_path: Path, name: str) -> None:
     assert "unsupported file type" in unusable(write(tmp_path, name, HEADER + "1,alfred,approve\n"))
 

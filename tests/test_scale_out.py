@@ -374,7 +374,12 @@ def test_two_workers_two_runs_one_shared_rate(server, scale_out_run):
         assert f"processed ({ROWS_PER_FILE + 3} succeeded, 1 rejected)" in run.state.message, run.state.message
     # one file each: max_files=1 and the claim, never the same file twice
     assert {run.state.message.split(":")[0] for run in runs} == {"batch-a.csv", "batch-b.csv"}
-    assert sorted(p.name.split("-2")[0] for p in (root / "data" / "processed").iterdir()) == ["batch-a", "batch-b"]
+    processed = sorted((root / "data" / "processed").iterdir())
+    assert sorted(p.name.split("-2")[0] for p in processed if not p.name.endswith(".reason.txt")) == [
+        "batch-a",
+        "batch-b",
+    ]
+    assert sum(p.name.endswith(".reason.txt") for p in processed) == 2  # each names its rejected row's file
     assert [p.name for p in scale_out_run["inbox"].iterdir()] == [".claimed"]
     assert list((scale_out_run["inbox"] / ".claimed").iterdir()) == []
     # the two runs ran on the two workers

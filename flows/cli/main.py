@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="send the decisions in FILE and write the results")
-    run.add_argument("file", help="decision file (.csv or .parquet)")
+    run.add_argument("file", help="decision file (.csv, .parquet, or an .xlsx/.xlsm workbook)")
     run.add_argument("--out", default="data/results", help="results folder (default: data/results)")
     run.add_argument("--dry-run", action="store_true", help="read, validate and plan; send nothing")
     run.add_argument(
@@ -55,10 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="send again the decisions an earlier run saw fail permanently"
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--sheet", help="the workbook's sheet to read (default: the first)")
 
     validate = sub.add_parser("validate", help="check FILE without sending anything")
     validate.add_argument("file")
     validate.add_argument("--show", type=int, default=20, help="rejected rows to list (default 20)")
+    validate.add_argument("--sheet", help="the workbook's sheet to read (default: the first)")
 
     sandbox = sub.add_parser("sandbox", help="serve the four simulated vendor APIs on 127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)
@@ -124,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cmd = ["--port", str(args.port)] + (["--seed", args.seed] if args.seed else [])
         return sandbox.main(cmd + (["--auto-create"] if args.auto_create else []))
+    if args.command in ("run", "validate") and args.sheet is not None and not _is_workbook(args.file):
+        print(f"invoice-sync: --sheet is for Excel workbooks (.xlsx, .xlsm), not {args.file}", file=sys.stderr)
+        return EXIT_UNUSABLE
     if args.command == "validate":
-        return validate_command(args.file, args.show)
+        return validate_command(args.file, args.show, sheet=args.sheet)
     if args.command == "demo":
         return demo_command(args.out)
     if args.command == "alerts":
@@ -151,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         chunk_size=args.chunk_size,
         retry_failed=args.retry_failed,
         show_progress=False if args.no_progress else None,
+        sheet=args.sheet,
     )
+
+
+def _is_workbook(path: str) -> bool:
+    from flows.pipeline.workbook_reader import WORKBOOK_SUFFIXES
+
+    return Path(path).suffix.lower() in WORKBOOK_SUFFIXES
 
 
 def run_command(
@@ -164,8 +176,9 @@ def run_command(
     retry_failed: bool = False,
     show_progress: bool | None = None,
     check_vendors: bool = False,
+    sheet: str | None = None,
 ) -> int:
-    """Run the flow on one file and print what happened.
+    """Run the flow on one file (a workbook's `sheet`) and print what happened.
 
     SIGINT / SIGTERM stop it (`flows.orchestration.stopping`): no new request, the results
     written, one line on stderr, exit 130 / 143. Prefect's temporary server runs in a process
@@ -198,6 +211,7 @@ def run_command(
                         retry_failed=retry_failed,
                         show_progress=show_progress,
                         check_vendors=check_vendors,
+                        sheet=sheet,
                         return_state=True,
                     )
                 except TerminationSignal:  # SIGTERM while Prefect's engine started the flow, before our handler
@@ -254,23 +268,30 @@ def print_summary(summary: RunSummary) -> None:
         console.print(f"the vendors say: {summary.checks_text()}")
     console.print(f"{summary.rows} rows from {summary.source} in {summary.seconds:.1f} s")
     console.print(f"results: {summary.results_path}  (spreadsheet copy: {summary.csv_path})")
+    if summary.workbook_path:
+        console.print(f"workbook: {summary.workbook_path}")
+    elif summary.no_workbook_because:
+        console.print(f"no results.xlsx: {summary.no_workbook_because}")
+    if summary.needs_attention_rows:
+        console.print(f"[bold]{summary.attention_text()}[/bold] (fix them there and run it, or drop it into the inbox)")
 
 
-def validate_command(path: str, show: int) -> int:
-    """Read, validate and plan FILE; list the rows that would not be sent."""
+def validate_command(path: str, show: int, *, sheet: str | None = None) -> int:
+    """Read, validate and plan FILE (a workbook's `sheet`); list the rows that would not be sent."""
     import numpy as np
 
     from flows.pipeline.planning import plan_rows
-    from flows.pipeline.reader import UnusableFile, read_decisions
+    from flows.pipeline.reader import UnusableFile, read_decision_file
     from flows.pipeline.validation import SuiteError, ValidationError, validate_decisions
 
     try:
-        frame = read_decisions(path)
+        decisions = read_decision_file(path, sheet=sheet)
     except UnusableFile as exc:
         print(f"invoice-sync: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    frame = decisions.frame
     try:
-        report = validate_decisions(frame)
+        report = validate_decisions(frame, error_cells=decisions.error_cells)
     except (SuiteError, ValidationError) as exc:
         print(f"invoice-sync: validation could not run: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -278,8 +299,9 @@ def validate_command(path: str, show: int) -> int:
     rejected = np.flatnonzero(plan_.outcome == "rejected")
     held = list(zip(frame["row_number"].to_numpy()[rejected].tolist(), plan_.error_message[rejected], strict=True))
     skipped = int(np.count_nonzero(plan_.outcome == "skipped"))
+    where = f"{path} (sheet '{decisions.sheet}', rows as Excel numbers them)" if decisions.sheet else path
     print(
-        f"{path}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates"
+        f"{where}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates"
     )
     for row, message in held[:show]:
         print(f"  row {row}: {message}")

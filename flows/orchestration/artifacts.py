@@ -29,6 +29,20 @@ def publish(summary: RunSummary) -> None:
                 *([f"- the vendors say: {summary.checks_text()}"] if summary.checks else []),
                 f"- took: {summary.seconds:.1f} s",
                 f"- results: `{summary.results_path}` (and `{summary.csv_path}`)",
+                (
+                    f"- workbook for people: `{summary.workbook_path}`"
+                    if summary.workbook_path
+                    else f"- no results.xlsx: {summary.no_workbook_because}"
+                ),
+                *(
+                    [
+                        f"- **needs attention: {summary.needs_attention_rows} rows** (rejected, or refused by the "
+                        f"vendor: fix them and drop the file into the inbox): "
+                        + " and ".join(f"`{p}`" for p in summary.needs_attention_paths)
+                    ]
+                    if summary.needs_attention_rows
+                    else []
+                ),
                 *(
                     [f"- validation report (Great Expectations Data Docs): `{summary.extra['validation_report']}`"]
                     if summary.extra.get("validation_report")

@@ -17,6 +17,8 @@ from prefect.states import Cancelled, Completed, Failed
 from connectors.registry import UnknownVendor, parse_vendors
 from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, sync_decisions
+from flows.pipeline.results import NEEDS_ATTENTION_CSV, NEEDS_ATTENTION_WORKBOOK
+from flows.pipeline.workbook_reader import WORKBOOK_SUFFIXES
 from flows.state.inbox_folder import (
     DEFAULT_SETTLE_SECONDS,
     InboxLayout,
@@ -67,8 +69,13 @@ def process_inbox(
     rejected_dir: str | None = None,
     results_root: str | None = None,
     check_vendors: bool = False,
+    sheet: str | None = None,
 ):
     """Process every ready file in `inbox` once: claim, sync, then move to processed/ or rejected/.
+
+    `sheet` names the worksheet read from each Excel workbook (default: its first); CSV and
+    Parquet files have none. A processed file some of whose rows need a person gets a
+    `<name>.reason.txt` beside it naming its needs_attention.xlsx.
 
     Final state: Completed when every file's rows all succeeded or were skipped (or there was
     nothing to do); otherwise Failed, named `RowsNotDone` when some file had rows not done, or
@@ -94,6 +101,7 @@ def process_inbox(
             results_root,
             check_vendors,
             stop,
+            sheet,
         )
 
 
@@ -110,6 +118,7 @@ def _process_inbox(
     results_root: str | None,
     check_vendors: bool,
     stop: RunStop,
+    sheet: str | None,
 ):
     logger = get_run_logger()
     try:
@@ -139,10 +148,10 @@ def _process_inbox(
         if stop.is_set():  # not started: back into the inbox, as if never claimed
             moved = put_back(layout, path)
             row: dict[str, object] = {"file": path.name, "outcome": "put back, not started", "state": "NotStarted"}
-            rows.append(row | {"detail": stop.reason, "moved to": str(moved), "results": ""})
+            rows.append(row | {"detail": stop.reason, "moved to": str(moved), "results": "", "needs attention": ""})
             continue
         rows.append(
-            _process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger, check_vendors)
+            _process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger, check_vendors, sheet)
         )
 
     create_table_artifact(rows, key="invoice-sync-inbox", description=f"Files taken from {layout.inbox}")
@@ -156,7 +165,15 @@ def _process_inbox(
 
 
 def _process_one(
-    layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger, check_vendors=False
+    layout: InboxLayout,
+    path: Path,
+    dry_run,
+    vendors,
+    chunk_size,
+    settings_from_blocks,
+    logger,
+    check_vendors=False,
+    sheet=None,
 ) -> dict:
     """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
     when = stamp()
@@ -171,6 +188,7 @@ def _process_one(
             show_progress=False,
             settings_from_blocks=settings_from_blocks,
             check_vendors=check_vendors,
+            sheet=sheet if path.suffix.lower() in WORKBOOK_SUFFIXES else None,
             return_state=True,
         )
         name, message = state.name, state.message or ""
@@ -178,11 +196,12 @@ def _process_one(
         state, name, message = None, "Crashed", f"{type(error).__name__}: {error}"
     message = message.replace(str(path), path.name)  # the claim folder means nothing to a reader
 
+    attention = _attention(out) if name in PROCESSED_STATES else None
     if name in PROCESSED_STATES and dry_run:  # a rehearsal: nothing sent, so the file stays to be sent
         moved = put_back(layout, path)
         outcome = "previewed (dry run, left in the inbox)"
     elif name in PROCESSED_STATES:
-        moved = finish(layout, path, when=when)
+        moved = finish(layout, path, when=when, attention=attention)
         outcome = "processed"
     else:
         if name == UNUSABLE_STATE:
@@ -204,4 +223,17 @@ def _process_one(
         "detail": message,
         "moved to": str(moved),
         "results": str(out) if out.exists() else "",
+        "needs attention": attention or "",
     }
+
+
+def _attention(out: Path) -> str | None:
+    """What the reason file says of rows that need a person: their file, and what to do with it."""
+    found = [out / name for name in (NEEDS_ATTENTION_WORKBOOK, NEEDS_ATTENTION_CSV) if (out / name).exists()]
+    if not found:
+        return None
+    return (
+        f"The rows that were rejected or refused by the vendor are in {found[0]}, each with its "
+        "error_code and reason. Fix them there and drop that file into the inbox as it is: the "
+        "other rows are done and are not sent again."
+    )

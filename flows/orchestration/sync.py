@@ -23,9 +23,18 @@ from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispa
 from flows.orchestration.events import RetryRound, emit_run_finished
 from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.pipeline.datadocs import write_data_docs
+from flows.pipeline.files import one_line
 from flows.pipeline.planning import Plan, apply_history, plan_rows
-from flows.pipeline.reader import UnusableFile, read_decisions
-from flows.pipeline.results import assemble_results, summarize, write_results
+from flows.pipeline.reader import DecisionFile, ErrorCell, UnusableFile, read_decision_file
+from flows.pipeline.results import (
+    RunSummary,
+    assemble_results,
+    needs_attention,
+    summarize,
+    write_needs_attention,
+    write_results,
+    write_results_workbook,
+)
 from flows.pipeline.validation import SuiteError, ValidationError, ValidationReport, validate_decisions
 from flows.state.ledger import Ledger
 
@@ -45,19 +54,19 @@ class NothingSent:
 
 
 @task(cache_policy=NO_CACHE)
-def read_file(path: str) -> pd.DataFrame | NothingSent:
-    """Read and normalise the decision file, or say why it cannot be used."""
+def read_file(path: str, sheet: str | None = None) -> DecisionFile | NothingSent:
+    """Read and normalise the decision file (a workbook's `sheet`), or say why it cannot be used."""
     try:
-        return read_decisions(path)
+        return read_decision_file(path, sheet=sheet)
     except UnusableFile as exc:  # an answer about the file, not a crash: no traceback anywhere
         return NothingSent(UNUSABLE_FILE, str(exc))
 
 
 @task(cache_policy=NO_CACHE)
-def validate(frame: pd.DataFrame) -> ValidationReport | NothingSent:
+def validate(frame: pd.DataFrame, error_cells: tuple[ErrorCell, ...] = ()) -> ValidationReport | NothingSent:
     """Run the Great Expectations suite over the decisions, or say why it could not run."""
     try:
-        report = validate_decisions(frame)
+        report = validate_decisions(frame, error_cells=error_cells)
     except (SuiteError, ValidationError) as exc:  # no rules, no sending: nothing goes out unchecked
         return NothingSent(VALIDATION_UNAVAILABLE, f"nothing sent: validation could not run: {exc}")
     if report.row_errors:
@@ -86,6 +95,24 @@ def consult_ledger(frame: pd.DataFrame, plan_: Plan, ledger: Ledger, retry_faile
     return reported
 
 
+def write_spreadsheets(decisions: DecisionFile, results: pd.DataFrame, summary: RunSummary, out_dir: str) -> None:
+    """needs_attention.xlsx/.csv and results.xlsx; results.parquet and .csv are written already, so a
+    failure here is said (in the summary and the log) and never loses the run."""
+    logger = get_run_logger()
+    try:
+        write_needs_attention(needs_attention(decisions.frame, results), summary, out_dir, sheet=decisions.sheet)
+    except Exception as exc:
+        logger.warning("needs_attention files not written: %s", one_line(exc))
+    if summary.needs_attention_rows:
+        logger.warning("%s", summary.attention_text())
+    try:
+        write_results_workbook(results, summary, out_dir)
+    except Exception as exc:
+        summary.no_workbook_because = f"it could not be written ({one_line(exc)})"
+    if summary.no_workbook_because:
+        logger.warning("no results.xlsx: %s", summary.no_workbook_because)
+
+
 # `flow()` takes a TaskRunner[PrefectFuture[Any]] and that parameter is invariant, so no concrete
 # runner fits, not even ThreadPoolTaskRunner, Prefect's default and documented choice (it casts its own).
 @flow(name="invoice-sync", task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS), log_prints=False)  # type: ignore[arg-type]
@@ -102,9 +129,11 @@ def sync_decisions(
     retry_round: int = 0,
     retry_rounds: int = 0,
     retries_run: str | None = None,
+    sheet: str | None = None,
 ) -> State:
     """Send every valid decision in `path` to its vendor and write one result row per input row.
 
+    `sheet` names the worksheet to read when `path` is an Excel workbook (default: the first).
     `check_vendors` with `dry_run`: a preview that reads, for every decision that would be
     sent, the invoice's current state at its vendor (nothing is written, the ledger unchanged).
     `retry_round` (of `retry_rounds`, retrying the run `retries_run`) is set by `retry-failed` only.
@@ -124,6 +153,7 @@ def sync_decisions(
             check_vendors,
             RetryRound(retry_round, retry_rounds, retries_run),
             stop,
+            sheet,
         )
 
 
@@ -139,17 +169,19 @@ def _sync(
     check_vendors: bool,
     retry: RetryRound,
     stop: RunStop,
+    sheet: str | None,
 ) -> State:
     started = time.monotonic()
     install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
     logger = get_run_logger()
     run_id = str(flow_run.get_id() or "local")
 
-    frame = read_file(path)
-    if isinstance(frame, NothingSent):
-        logger.info("nothing sent: %s", frame.message)  # the state says it; the terminal gets one line
-        return Failed(name=frame.state, message=frame.message)
-    report = validate(frame)
+    decisions = read_file(path, sheet)
+    if isinstance(decisions, NothingSent):
+        logger.info("nothing sent: %s", decisions.message)  # the state says it; the terminal gets one line
+        return Failed(name=decisions.state, message=decisions.message)
+    frame = decisions.frame
+    report = validate(frame, decisions.error_cells)
     if isinstance(report, NothingSent):
         logger.info("%s", report.message)
         return Failed(name=report.state, message=report.message)
@@ -173,6 +205,7 @@ def _sync(
     stopped_by = stop.signal.name if stop.is_set() and stop.signal is not None else None
     summary = summarize(results, run_id, path, dry_run=dry_run, stopped_by=stopped_by)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
+    write_spreadsheets(decisions, results, summary, out_dir)
     try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
         summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
     except Exception as exc:

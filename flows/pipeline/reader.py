@@ -1,22 +1,37 @@
-"""Read a decision file (CSV or Parquet) into a normalised DataFrame of strings.
+"""Read a decision file (CSV, Parquet or an Excel workbook) into a normalised DataFrame of strings.
 
 Every cell comes back as pandas' `string` dtype (missing values are `pd.NA`), trimmed of
 surrounding whitespace, with `vendor` and `decision` lower-cased and empty cells turned into
-NA. Column names are trimmed and lower-cased. A `row_number` column (int64, 1-based position
-among the file's data rows) comes first; a `row_number` column in the file itself is replaced
+NA. Column names are trimmed and lower-cased. A `row_number` column (int64) comes first: for
+CSV and Parquet the 1-based position among the file's data rows; for a workbook the row number
+Excel shows at the left of the sheet (the header is usually row 1, so data starts at 2; empty
+rows are not rows, so numbers may skip). A `row_number` column in the file itself is replaced
 by it. Other columns pass through as text. Anything that makes the file unusable as a whole
 raises `UnusableFile` with a one-line message meant for people; nothing is sent then.
+
+Workbook cells become the text Excel shows: whole numbers without ".0" (`1001`, ids of 16
+digits exact), other numbers with up to 15 significant digits, dates and times as
+`YYYY-MM-DD HH:MM:SS` (a date alone as `YYYY-MM-DD`, except in `void_date` and `decided_at`),
+booleans as TRUE/FALSE. An Excel error cell (#N/A, #REF!, ...) is no value: in the columns a
+decision is made of (`DECISION_COLUMNS`) it is missing and listed in `DecisionFile.error_cells`
+(validation rejects its row, naming the cell); elsewhere its text passes through.
 """
 
 from __future__ import annotations
 
+import bisect
 import codecs
+import contextlib
 import csv
+import gc
 import io
+import itertools
 import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +40,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.pipeline.files import one_line
+from flows.pipeline.workbook_reader import WORKBOOK_SUFFIXES, UnreadableWorkbook, column_letters, open_sheet
 
 REQUIRED_COLUMNS = ("invoice_id", "vendor", "decision")
 OPTIONAL_COLUMNS = ("invoice_number", "void_date", "decided_by", "decided_at", "note")
+DECISION_COLUMNS = (*REQUIRED_COLUMNS, "invoice_number", "void_date")  # what is sent to a vendor
+DATE_TIME_COLUMNS = ("void_date", "decided_at")  # documented as YYYY-MM-DD HH:MM:SS
 ROW_NUMBER = "row_number"
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
+OLD_EXCEL_SUFFIXES = {
+    ".xls": "an old Excel 97-2003 workbook (.xls): save it as an Excel Workbook (.xlsx) or as CSV",
+    ".xlsb": "an Excel binary workbook (.xlsb): save it as an Excel Workbook (.xlsx) or as CSV",
+    ".ods": "an OpenDocument spreadsheet (.ods): save it as an Excel Workbook (.xlsx) or as CSV",
+}
 DELIMITERS = (",", ";", "\t", "|")
 LOWERCASE_COLUMNS = ("vendor", "decision")
 
@@ -54,18 +77,51 @@ class UnusableFile(Exception):
         return f"{self.path}: {self.problem}"
 
 
+@dataclass(frozen=True)
+class ErrorCell:
+    """A workbook cell in one of the DECISION_COLUMNS that holds an Excel error instead of a value."""
+
+    row_number: int  # the spreadsheet row, as in the frame's row_number
+    column: str  # the (normalised) column name
+    cell: str  # where Excel shows it: "C7"
+    error: str  # what Excel shows: "#N/A", "#REF!"
+
+    def reason(self) -> str:
+        return f"cell {self.cell} ({self.column}) holds the Excel error {self.error}, not a value"
+
+
+@dataclass(frozen=True)
+class DecisionFile:
+    """A decision file as read: the normalised frame, and what the frame cannot say itself."""
+
+    frame: pd.DataFrame
+    error_cells: tuple[ErrorCell, ...] = ()
+    sheet: str | None = None  # the workbook sheet that was read
+
+
 # -- public API -------------------------------------------------------------------------------
 
 
-def read_decisions(path: str | os.PathLike) -> pd.DataFrame:
+def read_decisions(path: str | os.PathLike, *, sheet: str | None = None) -> pd.DataFrame:
     """The whole decision file as one normalised DataFrame (RangeIndex, `row_number` first)."""
-    batches = list(iter_decision_batches(path))
-    if len(batches) == 1:
-        return batches[0]
-    return pd.concat(batches, ignore_index=True)
+    return read_decision_file(path, sheet=sheet).frame
 
 
-def iter_decision_batches(path: str | os.PathLike, batch_rows: int = 100_000) -> Iterator[pd.DataFrame]:
+def read_decision_file(path: str | os.PathLike, *, sheet: str | None = None) -> DecisionFile:
+    """The whole decision file, read before anything acts on it, with a workbook's error cells.
+
+    `sheet` names the worksheet of a workbook (default: the first visible one); other files
+    have no sheets and ignore it.
+    """
+    opened = _open(path, 100_000, sheet)
+    batches = list(opened.frames)
+    frame = batches[0] if len(batches) == 1 else pd.concat(batches, ignore_index=True)
+    return DecisionFile(frame=frame, error_cells=tuple(opened.error_cells), sheet=opened.sheet)
+
+
+def iter_decision_batches(
+    path: str | os.PathLike, batch_rows: int = 100_000, *, sheet: str | None = None
+) -> Iterator[pd.DataFrame]:
     """The decision file in normalised batches of at most `batch_rows` rows.
 
     The file is opened and its header checked before this returns, so a file that is unusable
@@ -75,14 +131,28 @@ def iter_decision_batches(path: str | os.PathLike, batch_rows: int = 100_000) ->
     yields exactly one empty frame, so the columns are always known; otherwise no batch is empty.
     Each batch has a RangeIndex starting at 0; `row_number` continues across batches.
     """
+    return _open(path, batch_rows, sheet).frames
+
+
+@dataclass
+class _Opened:
+    frames: Iterator[pd.DataFrame]
+    error_cells: list[ErrorCell]  # filled in as the frames are read
+    sheet: str | None = None
+
+
+def _open(path: str | os.PathLike, batch_rows: int, sheet: str | None) -> _Opened:
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
     file = _check_path(path)
-    if file.suffix.lower() in PARQUET_SUFFIXES:
+    suffix = file.suffix.lower()
+    if suffix in WORKBOOK_SUFFIXES:
+        return _open_workbook(file, batch_rows, sheet)
+    if suffix in PARQUET_SUFFIXES:
         columns, raw = _open_parquet(file, batch_rows)
     else:
         columns, raw = _open_csv(file, batch_rows)
-    return _numbered(columns, raw)
+    return _Opened(_numbered(columns, raw), [])
 
 
 # -- shared -----------------------------------------------------------------------------------
@@ -98,9 +168,11 @@ def _check_path(path: str | os.PathLike) -> Path:
     if not file.is_file():
         raise UnusableFile(path, "is not a regular file")
     suffix = file.suffix.lower()
-    if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
+    if suffix in OLD_EXCEL_SUFFIXES:
+        raise UnusableFile(path, OLD_EXCEL_SUFFIXES[suffix])
+    if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES + WORKBOOK_SUFFIXES:
         shown = f"'{file.suffix}'" if file.suffix else "no extension"
-        raise UnusableFile(path, f"unsupported file type ({shown}): use a .csv, .parquet or .pq file")
+        raise UnusableFile(path, f"unsupported file type ({shown}): use a .csv, .parquet, .pq, .xlsx or .xlsm file")
     try:
         size = file.stat().st_size
     except OSError as error:
@@ -157,10 +229,15 @@ def _normalise_array(array: pa.Array, lower: bool) -> pa.Array:
     return pc.if_else(pc.equal(array, ""), pa.scalar(None, array.type), array)
 
 
-def _frame(columns: list[str], arrays: list[pa.Array], first_row: int) -> pd.DataFrame:
-    """A normalised batch: `row_number` first, then every column as pandas `string`."""
+def _frame(
+    columns: list[str], arrays: list[pa.Array], first_row: int, row_numbers: np.ndarray | None = None
+) -> pd.DataFrame:
+    """A normalised batch: `row_number` first (`row_numbers`, or counted from `first_row`), then
+    every column as pandas `string`."""
     length = len(arrays[0]) if arrays else 0
-    data: dict[str, object] = {ROW_NUMBER: np.arange(first_row, first_row + length, dtype=np.int64)}
+    if row_numbers is None:
+        row_numbers = np.arange(first_row, first_row + length, dtype=np.int64)
+    data: dict[str, object] = {ROW_NUMBER: row_numbers}
     for name, array in zip(columns, arrays, strict=True):
         if name == ROW_NUMBER:
             continue  # ours wins: row_number always means the position in this file
@@ -448,3 +525,167 @@ def _floats_as_strings(array: pa.Array) -> pa.Array:
         missing |= array.is_null().to_numpy(zero_copy_only=False)
     text[missing] = None
     return pa.array(text, pa.large_string())
+
+
+# -- Excel workbooks --------------------------------------------------------------------------
+
+
+def _open_workbook(file: Path, batch_rows: int, sheet: str | None) -> _Opened:
+    """Check the workbook and find the header now; the rows are read as the frames are taken."""
+    try:
+        opened = open_sheet(file, sheet)
+    except UnreadableWorkbook as error:
+        raise UnusableFile(file, str(error)) from None
+    header_at, header = _guard(file, lambda: _header(opened.rows), _workbook_problem)
+    if header_at < 0:
+        raise UnusableFile(file, f"sheet '{opened.name}' is empty: no header row with column names")
+    first = opened.first_column
+    columns = _normalise_names(file, [_cell_text(value, False) for value in header])
+    letters = [column_letters(first + position) for position in range(len(columns))]
+    errors = sorted((key, text) for key, text in opened.error_cells.items() if key[0] > header_at)
+    error_cells: list[ErrorCell] = []
+
+    def batches() -> Iterator[tuple[list[pa.Array], np.ndarray]]:
+        next_row = header_at + 2  # spreadsheet rows count from 1
+        while True:
+            with _collector_paused():
+                block = list(itertools.islice(opened.rows, batch_rows))
+                if not block:
+                    return
+                numbers = np.arange(next_row, next_row + len(block), dtype=np.int64)
+                next_row += len(block)
+                with_errors = (
+                    _apply_errors(columns, block, numbers, first, errors, letters, error_cells) if errors else set()
+                )
+                arrays = _workbook_arrays(columns, block)
+                del block
+            keep = _not_blank(arrays, with_errors)
+            if keep is not None:  # an empty row is not a row (trailing ones, or spacing between groups)
+                arrays = [array.filter(keep) for array in arrays]
+                numbers = numbers[keep.to_numpy(zero_copy_only=False)]
+            if len(numbers):
+                yield arrays, numbers
+
+    def frames() -> Iterator[pd.DataFrame]:
+        produced = False
+        raw = batches()
+        while (batch := _guard(file, lambda: next(raw, None), _workbook_problem)) is not None:
+            produced = True
+            yield _frame(columns, batch[0], 0, batch[1])
+        if not produced:
+            yield _frame(columns, [pa.array([], pa.string()) for _ in columns], 1)
+
+    return _Opened(frames(), error_cells, opened.name)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off while a batch's million cell objects are made (none form cycles:
+    it would only walk them again and again, a fifth of the reading time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _header(rows: Iterator[list]) -> tuple[int, list]:
+    """(0-based row, values) of the first row that is not blank, the rows before it consumed."""
+    for at, values in enumerate(rows):
+        if any(value.__class__ is not str or value.strip() for value in values):
+            return at, values
+    return -1, []
+
+
+def _workbook_problem(error: Exception) -> str:
+    return f"not a readable Excel workbook ({one_line(error, 160)})"
+
+
+def _workbook_arrays(columns: list[str], block: list[list]) -> list[pa.Array]:
+    """One batch of sheet rows as text arrays, one per column (calamine gives every row the sheet's width)."""
+    arrays = []
+    for name, values in zip(columns, zip(*block, strict=True), strict=True):
+        try:
+            arrays.append(pa.array(values, type=pa.large_string()))  # all text: converted in C
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            full = name in DATE_TIME_COLUMNS
+            texts = [value if value.__class__ is str else _cell_text(value, full) for value in values]
+            arrays.append(pa.array(texts, type=pa.large_string()))
+    return arrays
+
+
+def _not_blank(arrays: list[pa.Array], with_errors: set[int]) -> pa.BooleanArray | None:
+    """Which rows hold something (an error cell counts); None when all of them do."""
+    blank = None
+    for array in arrays:
+        empty = pc.equal(pc.utf8_trim_whitespace(array), "")
+        blank = empty if blank is None else pc.and_(blank, empty)
+    if blank is None or not pc.any(blank).as_py():
+        return None
+    if with_errors:
+        mask = blank.to_numpy(zero_copy_only=False).copy()
+        mask[list(with_errors)] = False
+        blank = pa.array(mask)
+    return pc.invert(blank)
+
+
+def _apply_errors(
+    columns: list[str],
+    block: list[list],
+    numbers: np.ndarray,
+    first: int,
+    errors: list[tuple[tuple[int, int], str]],
+    letters: list[str],
+    found: list[ErrorCell],
+) -> set[int]:
+    """The error cells of this batch: missing (and listed) in a decision column, their text
+    elsewhere. Returns the positions in the batch of the rows that hold one."""
+    first_row, last_row = int(numbers[0]) - 1, int(numbers[-1]) - 1  # 0-based, as the keys
+    held = set()
+    for (row, column), error in errors[bisect.bisect_left(errors, ((first_row, -1), "")) :]:
+        if row > last_row:
+            break
+        index, position = row - first_row, column - first
+        if not 0 <= position < len(columns):
+            continue
+        held.add(index)
+        name = columns[position]
+        if name in DECISION_COLUMNS:
+            block[index][position] = ""
+            found.append(ErrorCell(row + 1, name, f"{letters[position]}{row + 1}", error))
+        else:
+            block[index][position] = error
+    return held
+
+
+def _cell_text(value: object, full_date_time: bool) -> str:
+    """A workbook cell as the text Excel shows (see the module docstring)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return ""
+        if value.is_integer():
+            return str(int(value))  # exact: a float holds every integer up to 2**53 exactly
+        return f"{value:.15g}"  # what Excel shows: 15 significant digits, no 0.30000000000000004
+    if isinstance(value, datetime):
+        if value.microsecond >= 500_000:
+            value += timedelta(seconds=1)
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, date):
+        return value.strftime("%Y-%m-%d 00:00:00" if full_date_time else "%Y-%m-%d")
+    if isinstance(value, time):
+        return value.strftime("%H:%M:%S")
+    if isinstance(value, timedelta):
+        seconds = round(value.total_seconds())
+        sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+        return f"{sign}{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return str(value)

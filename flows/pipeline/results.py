@@ -1,8 +1,16 @@
-"""The results dataset: one row per input row, written atomically, and its summary."""
+"""The results dataset: one row per input row, written atomically, and its summary.
+
+Beside results.parquet (every value exactly as read and as answered) go results.csv (for
+scripts, made safe to open in a spreadsheet: see `spreadsheet_safe`), results.xlsx (for people:
+see `write_results_workbook`), and, when some rows need a person, needs_attention.csv and
+needs_attention.xlsx: those rows in the input file's own columns, ready to be fixed and dropped
+back into the inbox.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +24,8 @@ from pandas.core.arrays.integer import IntegerDtype
 from connectors.vocabulary import ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
 from flows.pipeline.files import atomic_write
 from flows.pipeline.planning import Plan
+from flows.pipeline.reader import ROW_NUMBER
+from flows.pipeline.workbook_writer import DataSheet, Kind, Mark, TableSheet, fits_in_a_sheet, write_workbook
 
 LEAD_COLUMNS = ["row_number", "invoice_id", "vendor", "decision"]
 RESULT_COLUMNS = [
@@ -32,6 +42,19 @@ RESULT_COLUMNS = [
     "vendor_state",
     "would_change",
 ]
+RESULTS_WORKBOOK = "results.xlsx"
+NEEDS_ATTENTION_CSV = "needs_attention.csv"
+NEEDS_ATTENTION_WORKBOOK = "needs_attention.xlsx"
+ATTENTION_COLUMNS = ["error_code", "reason"]  # after the input file's own columns
+# What a person must fix in the row (or decide) before it can go: the rules it broke, the
+# vendor's "no such invoice" or "refused". Not: the transient failures a later run sends again
+# by itself (RETRIES_EXHAUSTED, RATE_LIMITED, AUTH_FAILED, BAD_RESPONSE: the ledger's
+# TRANSIENT_CODES, INTERRUPTED among them), CONFIG_MISSING (the vendor's settings, not the row:
+# run the file again once they are fixed), and skipped rows (DUPLICATE_ROW, ALREADY_DONE,
+# IN_PROGRESS: nothing to do, or another run is sending it).
+NEEDS_ATTENTION_CODES = frozenset(
+    {ErrorCode.INVALID_ROW, ErrorCode.CONFLICTING_ROWS, ErrorCode.NOT_FOUND, ErrorCode.VENDOR_REJECTED}
+)
 
 
 @dataclass
@@ -46,6 +69,10 @@ class RunSummary:
     top_errors: dict[str, list[tuple[str, int]]]  # vendor -> [(error_code, rows)]
     results_path: str | None = None
     csv_path: str | None = None
+    workbook_path: str | None = None  # results.xlsx
+    no_workbook_because: str | None = None  # why there is no results.xlsx (too big for Excel)
+    needs_attention_rows: int = 0
+    needs_attention_paths: list[str] = field(default_factory=list)  # the .xlsx (if it fits), then the .csv
     dry_run: bool = False
     seconds: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
@@ -72,6 +99,13 @@ class RunSummary:
         """ "would change N, already done M, not found K, unknown U" (empty without a preview)."""
         counts = self.checks if vendor is None else self.checks_by_vendor.get(vendor)
         return "" if counts is None else preview_text(counts)
+
+    def attention_text(self) -> str:
+        """One line naming the needs-attention file, or "" when no row needs a person."""
+        if not self.needs_attention_rows:
+            return ""
+        rows = f"{self.needs_attention_rows} row{'s' if self.needs_attention_rows != 1 else ''}"
+        return f"{rows} need{'s' if self.needs_attention_rows == 1 else ''} attention: {self.needs_attention_paths[0]}"
 
 
 def preview_text(counts: dict[str, int]) -> str:
@@ -158,7 +192,22 @@ def assemble_results(
     result["vendor_state"] = pd.array(vendor_state, dtype="string")
     result["would_change"] = pd.array(would_change, dtype="string")
     passthrough = [c for c in frame.columns if c not in LEAD_COLUMNS]
-    return pd.concat([result, frame[passthrough]], axis=1)
+    return pd.concat([result, frame[passthrough].rename(columns=_beside(result.columns, passthrough))], axis=1)
+
+
+def _beside(taken: pd.Index, passthrough: list[str]) -> dict[str, str]:
+    """New names for input columns named like a result column (a needs-attention file dropped back
+    carries an error_code): `input_error_code`, kept beside the run's own."""
+    used = set(taken) | set(passthrough)
+    renamed = {}
+    for name in passthrough:
+        if name in taken:
+            new = f"input_{name}"
+            while new in used:
+                new = f"input_{new}"
+            used.add(new)
+            renamed[name] = new
+    return renamed
 
 
 def write_results(results: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -167,8 +216,140 @@ def write_results(results: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Pa
     out.mkdir(parents=True, exist_ok=True)
     parquet_path, csv_path = out / "results.parquet", out / "results.csv"
     atomic_write(parquet_path, lambda p: results.to_parquet(p, index=False))
-    atomic_write(csv_path, lambda p: _write_csv(results, p))
+    atomic_write(csv_path, lambda p: _write_csv(spreadsheet_safe(results), p))
     return parquet_path, csv_path
+
+
+def write_results_workbook(results: pd.DataFrame, summary: RunSummary, out_dir: str | os.PathLike) -> Path | None:
+    """results.xlsx: the results for people, and a summary sheet; None (and the summary says why) when
+    the rows do not fit in an Excel sheet."""
+    path = Path(out_dir) / RESULTS_WORKBOOK
+    summary.no_workbook_because = fits_in_a_sheet(len(results), results.shape[1])
+    if summary.no_workbook_because:
+        path.unlink(missing_ok=True)  # never leave an earlier run's workbook beside these results
+        return None
+    outcome = results["outcome"].to_numpy(dtype=object)
+    marks = np.select(
+        [outcome == Outcome.FAILED.value, outcome == Outcome.REJECTED.value], [Mark.FAILED, Mark.REJECTED], Mark.NONE
+    )
+    kinds = {
+        "row_number": Kind.NUMBER,
+        "http_status": Kind.NUMBER,
+        "attempts": Kind.NUMBER,
+        "finished_at": Kind.DATETIME,
+    }
+    sheets: list[DataSheet | TableSheet] = [DataSheet("results", results, kinds, marks), _summary_sheet(summary)]
+    atomic_write(path, lambda p: write_workbook(p, sheets))
+    summary.workbook_path = str(path)
+    return path
+
+
+def _summary_sheet(summary: RunSummary) -> TableSheet:
+    """The counts per vendor and outcome, and each vendor's most frequent error codes."""
+    outcomes = list(summary.counts)
+    rows: list[list[str | int | float | None]] = [
+        ["invoice-sync " + ("dry run" if summary.dry_run else "run"), summary.run_id],
+        ["file", summary.source],
+        ["rows", summary.rows],
+        [],
+        ["vendor", *outcomes, "total"],
+    ]
+    bold = {0, 4}
+    for vendor, counts in summary.by_vendor.items():
+        rows.append([vendor, *(counts.get(o, 0) for o in outcomes), sum(counts.values())])
+    bold.add(len(rows))
+    rows.append(["total", *(summary.counts.get(o, 0) for o in outcomes), summary.rows])
+    rows += [[], ["vendor", "top error codes", "rows"]]
+    bold.add(len(rows) - 1)
+    for vendor, errors in summary.top_errors.items():
+        rows += [[vendor, code, count] for code, count in errors]
+    if summary.no_workbook_because is None and summary.needs_attention_rows:
+        rows += [[], ["needs attention", summary.attention_text()]]
+    return TableSheet("summary", rows, bold=bold, widths=[18.0, 40.0, *[11.0] * len(outcomes)])
+
+
+def needs_attention(frame: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The rows a person must fix, in the input's own columns and order, then error_code and reason.
+
+    `frame` is the input as read, `results` its results (same rows, same order). Columns named
+    error_code or reason in the input (a needs-attention file dropped back) give way to the new ones.
+    """
+    codes = [code.value for code in NEEDS_ATTENTION_CODES]
+    wanted = results["outcome"].isin([Outcome.FAILED.value, Outcome.REJECTED.value]) & results["error_code"].isin(codes)
+    chosen = wanted.fillna(False).to_numpy(dtype=bool)
+    columns = [c for c in frame.columns if c != ROW_NUMBER and c not in ATTENTION_COLUMNS]
+    attention = frame.loc[chosen, columns].reset_index(drop=True)
+    attention["error_code"] = results.loc[chosen, "error_code"].reset_index(drop=True)
+    attention["reason"] = results.loc[chosen, "error_message"].reset_index(drop=True)
+    return attention
+
+
+def write_needs_attention(
+    attention: pd.DataFrame, summary: RunSummary, out_dir: str | os.PathLike, *, sheet: str | None = None
+) -> list[Path]:
+    """needs_attention.xlsx (if it fits in a sheet) and needs_attention.csv, only when some row needs a
+    person; an earlier run's files in the same folder are removed when none does.
+
+    `sheet` is the input workbook's sheet: the needs-attention sheet takes its name, so an inbox
+    told to read that sheet reads the corrected file too.
+    """
+    out = Path(out_dir)
+    workbook, csv_copy = out / NEEDS_ATTENTION_WORKBOOK, out / NEEDS_ATTENTION_CSV
+    written: list[Path] = []
+    if len(attention) and fits_in_a_sheet(len(attention), attention.shape[1]) is None:
+        sheets = [DataSheet(sheet or "needs attention", attention)]
+        atomic_write(workbook, lambda p: write_workbook(p, sheets))
+        written.append(workbook)
+    else:
+        workbook.unlink(missing_ok=True)
+    if len(attention):
+        atomic_write(csv_copy, lambda p: _write_csv(spreadsheet_safe(attention), p))
+        written.append(csv_copy)
+    else:
+        csv_copy.unlink(missing_ok=True)
+    summary.needs_attention_rows = len(attention)
+    summary.needs_attention_paths = [str(p) for p in written]
+    return written
+
+
+# -- a CSV safe to open in a spreadsheet ----------------------------------------------------------
+# OWASP, "CSV Injection": a cell that starts with = + - @, a tab or a carriage return may be run
+# as a formula by Excel, LibreOffice or Google Sheets (=HYPERLINK(...) sends data elsewhere). Such
+# a cell is written with a leading ' (a spreadsheet shows the text, not a formula); a number like
+# -2.5 or +1 stays as it is. Texts from files and from vendors reach these files alike.
+
+FORMULA_START = r"^[=+\-@\t\r]"
+PLAIN_NUMBER = r"^[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell that a spreadsheet would run as a formula prefixed with '."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    changed: dict[str, pd.Series] = {}
+    for name in frame.columns:
+        column = frame[name]
+        if not (isinstance(column.dtype, pd.StringDtype) or column.dtype == object):
+            continue  # numbers and times never start a formula
+        values = pa.array(column.astype("string"), from_pandas=True)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        values = pc.cast(values, pa.large_string())
+        risky = pc.and_kleene(
+            pc.match_substring_regex(values, FORMULA_START), pc.invert(pc.match_substring_regex(values, PLAIN_NUMBER))
+        )
+        if not pc.any(risky).as_py():
+            continue
+        quoted = pc.binary_join_element_wise(
+            pa.scalar("'", pa.large_string()), values, pa.scalar("", pa.large_string())
+        )
+        safe = pc.if_else(pc.fill_null(risky, False), quoted, values)
+        changed[str(name)] = pd.Series(pd.arrays.ArrowStringArray(safe), index=frame.index)
+    safe_frame = frame.assign(**changed) if changed else frame
+    names = [str(name) for name in frame.columns]
+    risky_names = {n: f"'{n}" for n in names if re.match(FORMULA_START, n) and not re.match(PLAIN_NUMBER, n)}
+    return safe_frame.rename(columns=risky_names) if risky_names else safe_frame
 
 
 # -- results.csv, fast --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from flows.pipeline.files import one_line
-from flows.pipeline.reader import REQUIRED_COLUMNS, ROW_NUMBER
+from flows.pipeline.reader import REQUIRED_COLUMNS, ROW_NUMBER, ErrorCell
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -187,11 +188,14 @@ def validate_decisions(
     *,
     now: datetime | None = None,
     suite: gx.ExpectationSuite | None = None,
+    error_cells: Iterable[ErrorCell] = (),
 ) -> ValidationReport:
     """Run the suite over the decision rows and report the rules each row broke.
 
     `now` is the moment void_date may not lie after (default: this machine's local wall clock,
     since void_date is written without a time zone). `suite` defaults to `load_suite()`.
+    `error_cells` (a workbook's Excel error cells in the columns a decision is made of, from
+    `read_decision_file`) reject their rows too, each naming its cell, ahead of the rules.
     """
     if suite is None:
         suite = load_suite()
@@ -219,6 +223,7 @@ def validate_decisions(
         )
         result = validator.validate_expectation_suite(suite, {NOW_PARAMETER: moment})
     row_errors = _row_errors(result, frame[ROW_NUMBER].to_numpy(), rule_texts(suite))
+    row_errors = _with_error_cells(row_errors, error_cells, set(frame[ROW_NUMBER].tolist()))
     return ValidationReport(
         row_errors=row_errors,
         rules_checked=len(result.results),
@@ -321,6 +326,21 @@ def _row_errors(result: Any, row_numbers: np.ndarray, rules: list[str]) -> dict[
         for row in rows.tolist():
             row_errors.setdefault(row, []).append(rule)
     return dict(sorted(row_errors.items()))
+
+
+def _with_error_cells(
+    row_errors: dict[int, list[str]], error_cells: Iterable[ErrorCell], rows: set[int]
+) -> dict[int, list[str]]:
+    """The rule errors with each error cell's reason first in its row (rows of this frame only)."""
+    reasons: dict[int, list[str]] = {}
+    for cell in error_cells:
+        if cell.row_number in rows:
+            reasons.setdefault(cell.row_number, []).append(cell.reason())
+    if not reasons:
+        return row_errors
+    merged = {row: [*reasons.pop(row, []), *rules] for row, rules in row_errors.items()}
+    merged.update(reasons)
+    return dict(sorted(merged.items()))
 
 
 def _raise_if_crashed(outcome: Any, rule: str) -> None:

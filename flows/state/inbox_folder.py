@@ -6,7 +6,9 @@ Folders (all beside each other unless given; defaults for `inbox="data/inbox"`):
     data/inbox/.claimed/<run>/  a file being processed, moved here by the run that owns it
     data/processed/             done (even if some rows failed: its results say which)
     data/rejected/              unusable, with `<name>.reason.txt` beside it
-    data/results/<stem>-<UTC timestamp>/   results.parquet, results.csv, validation.html
+    data/results/<stem>-<UTC timestamp>/   results.parquet, results.csv, results.xlsx, validation.html,
+                                and needs_attention.xlsx/.csv when rows need a person (the processed
+                                file then has a `<name>.reason.txt` beside it that names them)
 
 A file is taken only when it is ready: not a temporary name (`~$*`, `.*`, `*.part`,
 `*.partial`, `*.tmp`, `*.crdownload`, `*~`), not a symlink, and unchanged in size and
@@ -205,16 +207,33 @@ def results_dir(layout: InboxLayout, claimed: Path, when: str) -> Path:
     return unique_path(layout.results, f"{claimed.stem}-{when}", directory=True)
 
 
-def finish(layout: InboxLayout, claimed: Path, *, rejected_because: str | None = None, when: str | None = None) -> Path:
-    """Move a claimed file to processed/, or to rejected/ with `<name>.reason.txt` beside it."""
+def finish(
+    layout: InboxLayout,
+    claimed: Path,
+    *,
+    rejected_because: str | None = None,
+    when: str | None = None,
+    attention: str | None = None,
+) -> Path:
+    """Move a claimed file to processed/, or to rejected/ with `<name>.reason.txt` beside it.
+
+    `attention` (a processed file some of whose rows need a person) is written as the
+    processed file's `<name>.reason.txt`.
+    """
     when = when or stamp()
     folder = layout.rejected if rejected_because is not None else layout.processed
     target = unique_path(folder, f"{claimed.stem}-{when}", claimed.suffix)
+    reason = target.with_name(target.name + REASON_SUFFIX)
     if rejected_because is not None:
-        reason = target.with_name(target.name + REASON_SUFFIX)
         reason.write_text(
             f"{claimed.name} was not processed.\n{rejected_because.strip()}\n"
             f"(rejected at {when}; claimed as {claimed})\n",
+            encoding="utf-8",
+        )
+    elif attention is not None:
+        reason.write_text(
+            f"{claimed.name} was processed, but some of its rows need attention.\n{attention.strip()}\n"
+            f"(processed at {when})\n",
             encoding="utf-8",
         )
     shutil.move(str(claimed), str(target))  # a rename on one filesystem; copy + delete across
