@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from connectors.auth import IssuedToken, Send
 from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable
-from connectors.reading import READINGS, retryable_statuses
+from connectors.reading import RETRYABLE_STATUSES
 from connectors.redact import register_secret
 from connectors.wire import Request, json_body
 
@@ -85,7 +85,7 @@ class RefreshGrant:
         text += f" ({described})" if described else ""
         if error in REFUSALS or status in (400, 401, 403):
             raise AuthRefused(f"{text}; {self._vendor}'s refresh token or client credentials are refused")
-        if status in retryable_statuses(READINGS):
+        if status in RETRYABLE_STATUSES:
             raise AuthUnavailable(text)
         if status < 400:  # a 2xx that is no token, or a redirect: not the token endpoint answering
             raise AuthUnreadable(f"token request answered HTTP {status} without an OAuth token")

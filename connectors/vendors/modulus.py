@@ -23,7 +23,7 @@ from typing import ClassVar
 from connectors.auth import Send, SessionTokenAuth
 from connectors.connector import REQUEST_ID_HEADERS, Connector
 from connectors.errors import AuthRefused, AuthUnavailable, AuthUnreadable
-from connectors.reading import READINGS, Action, Reading, ReadingKey, Verdict, retryable_statuses
+from connectors.reading import READINGS, RETRYABLE_STATUSES, Action, Reading, ReadingKey, Verdict
 from connectors.vocabulary import Decision, ErrorCode
 from connectors.wire import Request, Response, json_body, short_text
 
@@ -62,7 +62,7 @@ class ModulusConnector(Connector):
                 return str(token)
         message, _ = self.error_message(response)
         text = f"token request answered HTTP {response.status_code}: {message}"
-        if response.status_code in retryable_statuses(READINGS):
+        if response.status_code in RETRYABLE_STATUSES:
             raise AuthUnavailable(text)
         if response.ok and not (isinstance(body, dict) and isinstance(body.get("result"), bool)):
             # Not modulus answering (a sign-in page, a redirect): not a refusal of our credentials.
