@@ -11,6 +11,7 @@ must stay fast.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -41,14 +42,17 @@ SUITE_COLUMNS = (*REQUIRED_COLUMNS, "invoice_number", "void_date")
 STRING_DTYPE = pd.StringDtype()
 CATEGORICAL_COLUMNS = ("vendor", "decision")
 
-# The GX result shape that names the failing rows. The index (a RangeIndex here) identifies
-# them; row_number is looked up from it with numpy, which is far cheaper than asking GX for
-# unexpected_index_column_names (a dict per failing row). The unexpected_index_query string
-# (one "df.filter(items=[...])" over every failing row) is not wanted.
+# The GX result shape that names the failing rows by their row_number (1 = the first data row),
+# so that validation.html shows the row numbers the results and the terminal use, not GX's
+# 0-based index. The unexpected_index_query string (one "df.filter(items=[...])" over every
+# failing row) is not wanted.
 RESULT_FORMAT: dict[str, Any] = {
     "result_format": "COMPLETE",
+    "unexpected_index_column_names": [ROW_NUMBER],
     "return_unexpected_index_query": False,
 }
+FOUND_SHOWN = 40  # characters of a rejected value quoted in its message
+SOURCE_COLUMN = {VOID_DATE_PARSED: "void_date"}  # a derived column's value is shown as the file has it
 
 _GX_LOCK = threading.Lock()  # GX contexts are not thread-safe; one validation at a time
 
@@ -218,7 +222,7 @@ def validate_decisions(
             result_format=RESULT_FORMAT,
         )
         result = validator.validate_expectation_suite(suite, {NOW_PARAMETER: moment})
-    row_errors = _row_errors(result, frame[ROW_NUMBER].to_numpy(), rule_texts(suite))
+    row_errors = _row_errors(result, frame, rule_texts(suite))
     return ValidationReport(
         row_errors=row_errors,
         rules_checked=len(result.results),
@@ -300,10 +304,11 @@ def _naive_local(now: datetime | None) -> datetime:
     return now
 
 
-def _row_errors(result: Any, row_numbers: np.ndarray, rules: list[str]) -> dict[int, list[str]]:
-    """row_number -> rules broken, from the failing indexes GX reports for each expectation."""
+def _row_errors(result: Any, frame: pd.DataFrame, rules: list[str]) -> dict[int, list[str]]:
+    """row_number -> rules broken (each with the value found), from the rows GX reports per expectation."""
     order = {rule: position for position, rule in enumerate(rules)}
-    failures: list[tuple[int, str, np.ndarray]] = []
+    failures: list[tuple[int, str, np.ndarray, list[str]]] = []
+    positions_of: pd.Index | None = None
     for outcome in result.results:
         configuration = outcome.expectation_config
         rule = (configuration.meta or {}).get("rule") or configuration.type
@@ -313,14 +318,48 @@ def _row_errors(result: Any, row_numbers: np.ndarray, rules: list[str]) -> dict[
         indexes = (outcome.result or {}).get("unexpected_index_list")
         if indexes is None:
             raise ValidationError(f"rule '{rule}' failed but GX did not say which rows")
-        positions = np.asarray(indexes, dtype=np.int64)
-        failures.append((order.get(rule, len(order)), rule, row_numbers[positions]))
+        try:
+            rows = np.fromiter((entry[ROW_NUMBER] for entry in indexes), dtype=np.int64, count=len(indexes))
+        except (KeyError, TypeError, ValueError):
+            raise ValidationError(f"rule '{rule}' failed but GX did not name the rows by {ROW_NUMBER}") from None
+        column = SOURCE_COLUMN.get(configuration.kwargs.get("column"), configuration.kwargs.get("column"))
+        if isinstance(column, str) and column in frame.columns and len(rows):
+            if positions_of is None:
+                positions_of = pd.Index(frame[ROW_NUMBER])
+            found = frame[column].iloc[positions_of.get_indexer(pd.Index(rows))].tolist()
+            texts = _found_texts(rule, found, configuration.kwargs.get("value_set"))
+        else:
+            texts = [rule] * len(rows)
+        failures.append((order.get(rule, len(order)), rule, rows, texts))
     failures.sort(key=lambda failure: failure[0])  # suite order, whatever order GX used
     row_errors: dict[int, list[str]] = {}
-    for _, rule, rows in failures:
-        for row in rows.tolist():
-            row_errors.setdefault(row, []).append(rule)
+    for _, _, rows, texts in failures:
+        for row, text in zip(rows.tolist(), texts, strict=True):
+            row_errors.setdefault(row, []).append(text)
     return dict(sorted(row_errors.items()))
+
+
+def _found_texts(rule: str, found: list[Any], value_set: Any) -> list[str]:
+    """Each failing row's message: the rule, the value that was there, and the closest allowed
+    value when the rule names a set and the value looks like a typo of one of them."""
+    known = [str(v) for v in value_set] if isinstance(value_set, (list, tuple)) else []
+    said: dict[Any, str] = {}  # one text per distinct value: a million failing rows hold few
+
+    def text(value: Any) -> str:
+        if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value)):
+            return rule  # nothing was there: the rule says it all
+        shown = str(value)
+        shown = shown if len(shown) <= FOUND_SHOWN else shown[: FOUND_SHOWN - 1] + "…"
+        close = difflib.get_close_matches(str(value).lower(), known, n=1, cutoff=0.6) if known else []
+        return f"{rule} (found '{shown}'" + (f": did you mean '{close[0]}'?)" if close else ")")
+
+    out = []
+    for value in found:
+        key = value if isinstance(value, (str, int, float)) else str(value)
+        if key not in said:
+            said[key] = text(value)
+        out.append(said[key])
+    return out
 
 
 def _raise_if_crashed(outcome: Any, rule: str) -> None:
