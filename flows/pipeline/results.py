@@ -8,12 +8,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 from pandas.core.arrays.integer import IntegerDtype
 
-from connectors.vocabulary import Outcome, RowResult
+from connectors.vocabulary import ErrorCode, Outcome, RowResult
 from flows.pipeline.files import atomic_write
 from flows.pipeline.planning import Plan
 
@@ -31,12 +32,17 @@ RESULT_COLUMNS = [
 ]
 
 
+NEEDS_ATTENTION = (Outcome.FAILED.value, Outcome.REJECTED.value)  # the outcomes a person must act on
+NEEDS_ATTENTION_LISTED = 300  # rows of them a summary carries (the terminal, the Prefect UI); all are in the files
+NEEDS_ATTENTION_COLUMNS = ["row_number", "invoice_id", "vendor", "decision", "outcome", "error_code", "error_message"]
+
+
 @dataclass
 class RunSummary:
     """Counts a person (and the CLI's exit code) needs after a run."""
 
     run_id: str
-    source: str
+    source: str  # the file as a person knows it (for the inbox: where it was dropped)
     rows: int
     counts: dict[str, int]  # outcome -> rows
     by_vendor: dict[str, dict[str, int]]  # vendor -> outcome -> rows
@@ -46,14 +52,67 @@ class RunSummary:
     dry_run: bool = False
     seconds: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    codes: dict[str, int] = field(default_factory=dict)  # error_code -> rows, most frequent first
+    codes_by_vendor: dict[str, dict[str, int]] = field(default_factory=dict)  # vendor -> error_code -> rows
+    needs_attention: list[dict[str, object]] = field(default_factory=list)  # the first failed/rejected rows
+    reported_again: int = 0  # permanent failures of an earlier run reported again without a call
+    needs_attention_path: str | None = None  # a file of only the rows that need a person, when one is written
 
     @property
     def all_done(self) -> bool:
         """Every row succeeded or was skipped."""
         return self.counts.get("failed", 0) == 0 and self.counts.get("rejected", 0) == 0
 
+    @property
+    def needs_attention_count(self) -> int:
+        """Rows failed or rejected: each needs a person."""
+        return sum(self.counts.get(o, 0) for o in NEEDS_ATTENTION)
+
+    @property
+    def file_name(self) -> str:
+        return Path(self.source).name
+
     def counts_text(self) -> str:
-        return ", ".join(f"{n} {o}" for o, n in self.counts.items() if n) or "no rows"
+        return ", ".join(f"{n} {outcome_label(o)}" for o, n in self.counts.items() if n) or "no rows"
+
+    def notes(self) -> list[str]:
+        """What a person should know beyond the counts, one line each (`code` in backticks): rows an
+        earlier run already did or a vendor already had, and how to send them again."""
+        said: list[str] = []
+        done = self.codes.get(ErrorCode.ALREADY_DONE.value, 0)
+        if done:
+            said.append(
+                f"{rows_text(done, 'was', 'were')} already done by an earlier run (`ALREADY_DONE`) and not sent "
+                f"again; to send {_them(done)} again, start from a fresh ledger (`INVOICE_SYNC_STATE_DIR` set to "
+                f"another folder). This run's ledger: `{self.extra.get('ledger', 'data/state/ledger.sqlite')}`."
+            )
+        if self.reported_again:
+            said.append(
+                f"{rows_text(self.reported_again, 'was', 'were')} refused for good in an earlier run and "
+                f"reported again without a call; `invoice-sync run --retry-failed` sends {_them(self.reported_again)} "
+                "again."
+            )
+        already = self.codes.get(ErrorCode.ALREADY_IN_STATE.value, 0)
+        if already:
+            said.append(
+                f"{rows_text(already, 'was', 'were')} already in that state at the vendor (`ALREADY_IN_STATE`): "
+                "nothing changed there; counted as succeeded."
+            )
+        return said
+
+
+def _them(n: int) -> str:
+    return "it" if n == 1 else "them"
+
+
+def rows_text(n: int, singular_verb: str = "", plural_verb: str = "") -> str:
+    """`1 row was`, `2,000 rows were`."""
+    return f"{n:,} row {singular_verb}".rstrip() if n == 1 else f"{n:,} rows {plural_verb}".rstrip()
+
+
+def outcome_label(outcome: str) -> str:
+    """An outcome as a person reads it: `would_send` is "would send"."""
+    return outcome.replace("_", " ")
 
 
 def assemble_results(
@@ -84,7 +143,7 @@ def assemble_results(
     unsent = outcome == None  # noqa: E711 - rows planned for sending that produced no result
     if unsent.any():
         if dry_run:
-            outcome[unsent] = Outcome.SKIPPED.value
+            outcome[unsent] = Outcome.WOULD_SEND.value
             message[unsent] = "dry run: would be sent"
         else:  # never silently lost: a row with no answer is a failure, said loudly
             outcome[unsent] = Outcome.FAILED.value
@@ -119,10 +178,11 @@ def write_results(results: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Pa
 
 # -- results.csv, fast --------------------------------------------------------------------------
 # `results.to_csv(path, index=False)` is slow for a million rows (most of it formatting the
-# zone-aware finished_at one Timestamp at a time). `_write_csv` writes the same bytes, built
-# column by column in Arrow: the same quoting (csv.QUOTE_MINIMAL: a field is quoted when it
-# holds a character below, quotes doubled), NA as an empty field, "\n" line ends. A column of
-# any other dtype (floats, bools, objects) makes it hand the whole frame to pandas.
+# zone-aware finished_at one Timestamp at a time). `_write_csv` writes the bytes pandas would
+# write for the frame with its UTC times cut to whole seconds (`_in_seconds`), built column by
+# column in Arrow: the same quoting (csv.QUOTE_MINIMAL: a field is quoted when it holds a
+# character below, quotes doubled), NA as an empty field, "\n" line ends. A column of any other
+# dtype (floats, bools, objects) makes it hand the whole frame to pandas, times cut the same way.
 
 
 def _csv_specials() -> str:
@@ -152,7 +212,7 @@ def _write_csv(results: pd.DataFrame, path: str | os.PathLike, rows_per_write: i
 
     # No rows, or one column (csv quotes an empty single field): nothing to gain, pandas writes it.
     if not len(results) or results.shape[1] < 2:
-        results.to_csv(path, index=False)
+        _in_seconds(results).to_csv(path, index=False)
         return
 
     def column_cells(name: str):  # a def, not a lambda: with `name: str`, results[name] types as a Series
@@ -161,7 +221,7 @@ def _write_csv(results: pd.DataFrame, path: str | os.PathLike, rows_per_write: i
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # Arrow kernels release the GIL
         columns = list(pool.map(column_cells, results.columns))
     if any(column is None for column in columns):
-        results.to_csv(path, index=False, chunksize=200_000)
+        _in_seconds(results).to_csv(path, index=False, chunksize=200_000)
         return
     header = io.StringIO()
     csv.writer(header, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerow([str(c) for c in results.columns])
@@ -174,6 +234,12 @@ def _write_csv(results: pd.DataFrame, path: str | os.PathLike, rows_per_write: i
             rows = pc.binary_join_element_wise(rows, nothing, newline)
             offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + len(rows) + 1]
             out.write(memoryview(rows.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+
+
+def _in_seconds(results: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its UTC datetime columns cut to whole seconds, as results.csv shows them."""
+    utc = [c for c, dtype in results.dtypes.items() if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"]
+    return results.assign(**{str(c): results[c].dt.floor("s") for c in utc}) if utc else results
 
 
 def _csv_column(column: pd.Series):
@@ -205,11 +271,11 @@ def _csv_column(column: pd.Series):
 
 
 def _utc_text(column: pd.Series):
-    """A UTC datetime column as pandas' CSV writer formats it: one fraction width for the whole
-    column (6 digits, 3, or none, whatever its finest value needs), "+00:00", NaT as empty.
+    """A UTC datetime column as people read it in a spreadsheet: whole seconds, "+00:00", NaT as
+    empty ("2026-11-30 18:00:05+00:00"; the fraction is cut, not rounded; the Parquet keeps it).
 
-    Built as fixed-width bytes: each distinct second is formatted once (a run spans minutes),
-    the fraction digits arithmetically. None when a date does not print as 19 characters.
+    Built as fixed-width bytes: each distinct second is formatted once (a run spans minutes).
+    None when a date does not print as 19 characters.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -217,22 +283,11 @@ def _utc_text(column: pd.Series):
     stamps = column.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
     missing = np.isnat(stamps)
     ticks = np.where(missing, 0, stamps.view(np.int64))
-    seconds, micro = np.divmod(ticks, 1_000_000)
-    distinct, which = np.unique(seconds, return_inverse=True)
+    distinct, which = np.unique(ticks // 1_000_000, return_inverse=True)
     names = np.strings.replace(np.datetime_as_string(distinct.astype("datetime64[s]"), unit="s"), "T", " ")
     if np.strings.str_len(names).min() != 19 or np.strings.str_len(names).max() != 19:
         return None
-    if (micro[~missing] % 1000).any():
-        digits = 6
-    elif micro[~missing].any():
-        digits, micro = 3, micro // 1000
-    else:
-        digits = 0
     parts = [np.frombuffer(names.astype("S19").tobytes(), np.uint8).reshape(-1, 19)[which]]
-    if digits:
-        powers = 10 ** np.arange(digits - 1, -1, -1, dtype=np.int64)
-        parts.append(np.full((len(ticks), 1), ord("."), np.uint8))
-        parts.append(((micro[:, None] // powers) % 10 + ord("0")).astype(np.uint8))
     parts.append(np.frombuffer(b"+00:00", np.uint8)[None, :].repeat(len(ticks), axis=0))
     cells = np.ascontiguousarray(np.concatenate(parts, axis=1))
     width = cells.shape[1]
@@ -244,17 +299,24 @@ def _utc_text(column: pd.Series):
 
 
 def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool = False) -> RunSummary:
-    """Counts by outcome and by vendor, and each vendor's most frequent error codes."""
-    order = [o.value for o in Outcome]
+    """Counts by outcome, vendor and error code, and the first rows that need a person."""
     counts = results["outcome"].value_counts()
+    # The outcomes a summary shows: `would_send` only where it can happen, in a dry run.
+    order = [o.value for o in Outcome if o is not Outcome.WOULD_SEND or dry_run or counts.get(o.value, 0)]
     by_vendor: dict[str, dict[str, int]] = {}
     top: dict[str, list[tuple[str, int]]] = {}
+    codes_by_vendor: dict[str, dict[str, int]] = {}
     vendor_col = results["vendor"].fillna("(none)")
     for vendor, part in results[["outcome", "error_code"]].groupby(vendor_col, sort=True):  # only what is counted
         vc = part["outcome"].value_counts()
         by_vendor[str(vendor)] = {o: int(vc.get(o, 0)) for o in order}
         errors = Counter(part["error_code"].dropna().tolist())
         top[str(vendor)] = errors.most_common(3)
+        codes_by_vendor[str(vendor)] = dict(errors.most_common())
+    codes = {str(code): int(n) for code, n in results["error_code"].value_counts().items()}
+    attention = np.flatnonzero(results["outcome"].isin(NEEDS_ATTENTION).to_numpy(dtype=bool))
+    listed = results.iloc[attention[:NEEDS_ATTENTION_LISTED]][NEEDS_ATTENTION_COLUMNS].astype(object)
+    reported_again = (results["outcome"] == Outcome.FAILED.value) & results["previous_run_id"].notna()
     return RunSummary(
         run_id=run_id,
         source=source,
@@ -263,4 +325,8 @@ def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool 
         by_vendor=by_vendor,
         top_errors=top,
         dry_run=dry_run,
+        codes=codes,
+        codes_by_vendor=codes_by_vendor,
+        needs_attention=cast("list[dict[str, object]]", listed.where(listed.notna(), None).to_dict("records")),
+        reported_again=int(reported_again.sum()),
     )
