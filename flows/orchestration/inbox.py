@@ -12,10 +12,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Completed
 
 from connectors.registry import UnknownVendor, parse_vendors
+from flows.orchestration.final_states import failed
 from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, sync_decisions
+from flows.pipeline.files import one_line
 from flows.state.inbox_folder import (
     DEFAULT_SETTLE_SECONDS,
     InboxLayout,
@@ -53,7 +55,27 @@ def _run_is_finished(token: str) -> bool:
     return run.state is not None and run.state.is_final()
 
 
-@flow(name="process-inbox", log_prints=False)
+def run_name() -> str:
+    """The flow run's name at its start: `inbox data/inbox`; `_rename_run` adds the files taken."""
+    parameters = flow_run.parameters
+    return f"inbox {parameters.get('inbox', 'data/inbox')}" + (" (dry run)" if parameters.get("dry_run") else "")
+
+
+def _rename_run(logger, what: str) -> None:
+    """`inbox data/inbox: 2 files`: the run's name says how much it took, in the runs list too."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_name(uuid.UUID(str(run_id)), f"{run_name()}: {what}")
+    except Exception as error:  # a name is worth a warning, never the run
+        logger.warning("could not rename the flow run: %s", one_line(error))
+
+
+@flow(name="process-inbox", flow_run_name=run_name, log_prints=False)
 def process_inbox(
     inbox: str = "data/inbox",
     dry_run: bool = False,
@@ -78,9 +100,9 @@ def process_inbox(
     try:
         vendors = parse_vendors(vendors)
     except UnknownVendor as error:
-        return Failed(name="BadParameters", message=str(error))
+        return failed("BadParameters", str(error))
     if chunk_size < 1:
-        return Failed(name="BadParameters", message="chunk_size must be at least 1")
+        return failed("BadParameters", "chunk_size must be at least 1")
     layout = InboxLayout.of(inbox, processed_dir, rejected_dir, results_root)
     layout.create()
 
@@ -91,6 +113,7 @@ def process_inbox(
         logger.info("still being written, left for the next run: %s", ", ".join(settling))
     token = new_claim_token(str(flow_run.get_id() or "") or None)
     claimed = claim_ready(layout, ready, token, max_files)
+    _rename_run(logger, f"{len(claimed)} file{'' if len(claimed) == 1 else 's'}" if claimed else "no file ready")
     if not claimed:
         return Completed(
             message=f"no file ready in {layout.inbox}" + (f" ({len(settling)} still being written)" if settling else "")
@@ -99,22 +122,24 @@ def process_inbox(
 
     rows: list[dict[str, object]] = []
     for path in claimed:
-        rows.append(_process_one(layout, path, dry_run, vendors, chunk_size, settings_from_blocks, logger))
+        rows.append(_process_one(layout, inbox, path, dry_run, vendors, chunk_size, settings_from_blocks, logger))
 
     create_table_artifact(rows, key="invoice-sync-inbox", description=f"Files taken from {layout.inbox}")
     text = "; ".join(f"{r['file']}: {r['outcome']} ({r['detail']})" for r in rows)
     if all(r["state"] == "Completed" for r in rows):
         return Completed(message=text, data=rows)
     name = "RowsNotDone" if any(r["state"] == "RowsNotDone" for r in rows) else "FilesRejected"
-    return Failed(name=name, message=text, data=rows)
+    return failed(name, text, rows)
 
 
-def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger) -> dict:
+def _process_one(
+    layout: InboxLayout, inbox: str, path: Path, dry_run, vendors, chunk_size, settings_from_blocks, logger
+) -> dict:
     """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
     when = stamp()
     out = results_dir(layout, path, when)
     try:
-        state = sync_decisions.with_options(flow_run_name=f"invoice-sync {path.name}")(
+        state = sync_decisions(
             str(path),
             out_dir=str(out),
             dry_run=dry_run,
@@ -122,6 +147,7 @@ def _process_one(layout: InboxLayout, path: Path, dry_run, vendors, chunk_size, 
             chunk_size=chunk_size,
             show_progress=False,
             settings_from_blocks=settings_from_blocks,
+            source_name=str(Path(inbox) / path.name),  # where it was dropped, not its claim folder
             return_state=True,
         )
         name, message = state.name, state.message or ""

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.redact import install_log_redaction
+from connectors.registry import VENDORS
 from connectors.vocabulary import ErrorCode, RowResult
 from flows.orchestration.artifacts import publish
 from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch
+from flows.orchestration.final_states import failed
 from flows.pipeline.datadocs import write_data_docs
 from flows.pipeline.planning import Plan, apply_history, plan_rows
 from flows.pipeline.reader import UnusableFile, read_decisions
@@ -66,7 +70,7 @@ def validate(frame: pd.DataFrame) -> ValidationReport | NothingSent:
 @task(cache_policy=NO_CACHE)
 def plan(frame: pd.DataFrame, report: ValidationReport, vendors: list[str] | None) -> Plan:
     """Decide each row's fate before sending: rejected, duplicate, conflicting, or to send."""
-    return plan_rows(frame, report.row_errors, vendors)
+    return plan_rows(frame, report.row_errors, vendors, known_vendors=VENDORS)
 
 
 @task(cache_policy=NO_CACHE)
@@ -84,9 +88,23 @@ def consult_ledger(frame: pd.DataFrame, plan_: Plan, ledger: Ledger, retry_faile
     return reported
 
 
+def run_name() -> str:
+    """The flow run's name: the file and the time, `invoice-sync decisions.csv 2026-11-30 18:00 UTC`."""
+    parameters = flow_run.parameters
+    name = Path(str(parameters.get("source_name") or parameters.get("path") or "")).name
+    return f"invoice-sync {name} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC" + (
+        " (dry run)" if parameters.get("dry_run") else ""
+    )
+
+
 # `flow()` takes a TaskRunner[PrefectFuture[Any]] and that parameter is invariant, so no concrete
 # runner fits, not even ThreadPoolTaskRunner, Prefect's default and documented choice (it casts its own).
-@flow(name="invoice-sync", task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS), log_prints=False)  # type: ignore[arg-type]
+@flow(
+    name="invoice-sync",
+    flow_run_name=run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS),  # type: ignore[arg-type]
+    log_prints=False,
+)
 def sync_decisions(
     path: str,
     out_dir: str = "data/results",
@@ -96,8 +114,13 @@ def sync_decisions(
     retry_failed: bool = False,
     show_progress: bool | None = None,
     settings_from_blocks: bool = False,
+    source_name: str | None = None,
 ) -> State:
-    """Send every valid decision in `path` to its vendor and write one result row per input row."""
+    """Send every valid decision in `path` to its vendor and write one result row per input row.
+
+    `source_name` is the file as a person knows it, when `path` is not (the inbox claims a
+    file into a folder of its own first): it names the run, the summary and the artifacts.
+    """
     started = time.monotonic()
     install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
     logger = get_run_logger()
@@ -106,25 +129,33 @@ def sync_decisions(
     frame = read_file(path)
     if isinstance(frame, NothingSent):
         logger.info("nothing sent: %s", frame.message)  # the state says it; the terminal gets one line
-        return Failed(name=frame.state, message=frame.message)
+        return failed(frame.state, frame.message)
     report = validate(frame)
     if isinstance(report, NothingSent):
         logger.info("%s", report.message)
-        return Failed(name=report.state, message=report.message)
+        return failed(report.state, report.message)
     plan_ = plan(frame, report, vendors)
     ledger = Ledger.open()
     try:
         sent = consult_ledger(frame, plan_, ledger, retry_failed)
-        logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
+        logger.info(
+            "%s: %d rows, %d to send, %d rejected",
+            source_name or path,
+            len(frame),
+            plan_.send_count,
+            len(report.row_errors),
+        )
         if not dry_run and plan_.send_count:
             sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks)
+        ledger_place = ledger.describe()
     finally:
         ledger.close()
 
     results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run)
     parquet_path, csv_path = write_results(results, out_dir)
-    summary = summarize(results, run_id, path, dry_run=dry_run)
+    summary = summarize(results, run_id, source_name or path, dry_run=dry_run)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
+    summary.extra["ledger"] = ledger_place
     try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
         summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
     except Exception as exc:
@@ -133,4 +164,4 @@ def sync_decisions(
     publish(summary)
     if summary.all_done:
         return Completed(message=summary.counts_text(), data=summary)
-    return Failed(name="RowsNotDone", message=summary.counts_text(), data=summary)
+    return failed("RowsNotDone", summary.counts_text(), summary)
