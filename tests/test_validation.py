@@ -207,13 +207,18 @@ def test_messages_quote_the_value_found_and_the_closest_known_one(suite) -> None
     assert errors[6] == [f"{RULES[6]} (found '{'x' * 39}…')"]
 
 
-def test_gx_names_failing_rows_by_row_number_for_the_report(suite) -> None:
+def test_gx_and_the_report_name_failing_rows_by_row_number(suite, tmp_path) -> None:
+    from flows.pipeline.datadocs import write_data_docs
+
     df = frame(GOOD["alfred"], {**GOOD["alfred"], "vendor": "acme"})
     df["row_number"] = [18, 19]
     report = validate_decisions(df, now=NOW, suite=suite)
     (failed,) = [r for r in report.result.results if not r.success]
-    # what validation.html renders: the row_number of the results, not GX's 0-based index 1
-    assert [entry["row_number"] for entry in failed.result["unexpected_index_list"]] == [19]
+    assert failed.result["unexpected_index_list"] == [19]  # the row_number, not GX's 0-based index 1
+    page = write_data_docs(report, tmp_path).read_text(encoding="utf-8")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    assert "Unexpected Value Count row_number acme 1 19" in text and ">Index<" not in page
+    assert failed.result["unexpected_index_list"] == [19]  # the report's own result is left as it was
 
 
 def test_na_vendor_is_rejected_without_crashing(suite) -> None:

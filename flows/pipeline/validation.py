@@ -42,13 +42,14 @@ SUITE_COLUMNS = (*REQUIRED_COLUMNS, "invoice_number", "void_date")
 STRING_DTYPE = pd.StringDtype()
 CATEGORICAL_COLUMNS = ("vendor", "decision")
 
-# The GX result shape that names the failing rows by their row_number (1 = the first data row),
-# so that validation.html shows the row numbers the results and the terminal use, not GX's
-# 0-based index. The unexpected_index_query string (one "df.filter(items=[...])" over every
-# failing row) is not wanted.
+# The GX result shape that names the failing rows: by the frame's index, which `_prepare` makes
+# the row_number (1 = the first data row), so GX reports the row numbers the results use. Asking
+# GX for unexpected_index_column_names=["row_number"] instead makes it read each failing row's
+# cells one by one (a dict per row): 3x the validation time with 30% of a million rows failing,
+# 10x when all fail (docs/performance.md). The unexpected_index_query string (one
+# "df.filter(items=[...])" over every failing row) is not wanted.
 RESULT_FORMAT: dict[str, Any] = {
     "result_format": "COMPLETE",
-    "unexpected_index_column_names": [ROW_NUMBER],
     "return_unexpected_index_query": False,
 }
 FOUND_SHOWN = 40  # characters of a rejected value quoted in its message
@@ -232,7 +233,7 @@ def validate_decisions(
 
 
 def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """The frame the suite runs on: a new frame with RangeIndex and only the columns it reads.
+    """The frame the suite runs on: a new frame indexed by row_number, with only the columns it reads.
 
     Pass-through columns (notes and the like) are left out: GX fingerprints and re-slices the
     whole frame several times, so every extra column costs time on a million rows. A column
@@ -245,6 +246,7 @@ def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         data[ROW_NUMBER] = df[ROW_NUMBER].to_numpy(dtype=np.int64)
     else:
         data[ROW_NUMBER] = np.arange(1, length + 1, dtype=np.int64)
+    row_numbers = pd.Index(data[ROW_NUMBER])  # unnamed: GX lists failing rows by it, as plain values
     for column in columns:
         if column in (ROW_NUMBER, VOID_DATE_PARSED):
             continue
@@ -257,7 +259,7 @@ def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             # Few distinct values: as categories GX hashes and filters them several times faster.
             values = pd.Categorical(values)
         data[column] = values
-    frame = pd.DataFrame(data)  # RangeIndex: GX reports failing rows by index position
+    frame = pd.DataFrame(data, index=row_numbers)
     frame[VOID_DATE_PARSED] = parse_void_dates(frame["void_date"])
     return frame
 
@@ -308,7 +310,6 @@ def _row_errors(result: Any, frame: pd.DataFrame, rules: list[str]) -> dict[int,
     """row_number -> rules broken (each with the value found), from the rows GX reports per expectation."""
     order = {rule: position for position, rule in enumerate(rules)}
     failures: list[tuple[int, str, np.ndarray, list[str]]] = []
-    positions_of: pd.Index | None = None
     for outcome in result.results:
         configuration = outcome.expectation_config
         rule = (configuration.meta or {}).get("rule") or configuration.type
@@ -318,15 +319,10 @@ def _row_errors(result: Any, frame: pd.DataFrame, rules: list[str]) -> dict[int,
         indexes = (outcome.result or {}).get("unexpected_index_list")
         if indexes is None:
             raise ValidationError(f"rule '{rule}' failed but GX did not say which rows")
-        try:
-            rows = np.fromiter((entry[ROW_NUMBER] for entry in indexes), dtype=np.int64, count=len(indexes))
-        except (KeyError, TypeError, ValueError):
-            raise ValidationError(f"rule '{rule}' failed but GX did not name the rows by {ROW_NUMBER}") from None
+        rows = np.asarray(indexes, dtype=np.int64)  # the frame's index: row numbers
         column = SOURCE_COLUMN.get(configuration.kwargs.get("column"), configuration.kwargs.get("column"))
         if isinstance(column, str) and column in frame.columns and len(rows):
-            if positions_of is None:
-                positions_of = pd.Index(frame[ROW_NUMBER])
-            found = frame[column].iloc[positions_of.get_indexer(pd.Index(rows))].tolist()
+            found = frame[column].loc[pd.Index(rows)].tolist()
             texts = _found_texts(rule, found, configuration.kwargs.get("value_set"))
         else:
             texts = [rule] * len(rows)
