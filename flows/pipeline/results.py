@@ -46,7 +46,6 @@ class RunSummary:
     rows: int
     counts: dict[str, int]  # outcome -> rows
     by_vendor: dict[str, dict[str, int]]  # vendor -> outcome -> rows
-    top_errors: dict[str, list[tuple[str, int]]]  # vendor -> [(error_code, rows)]
     results_path: str | None = None
     csv_path: str | None = None
     dry_run: bool = False
@@ -304,14 +303,12 @@ def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool 
     # The outcomes a summary shows: `would_send` only where it can happen, in a dry run.
     order = [o.value for o in Outcome if o is not Outcome.WOULD_SEND or dry_run or counts.get(o.value, 0)]
     by_vendor: dict[str, dict[str, int]] = {}
-    top: dict[str, list[tuple[str, int]]] = {}
     codes_by_vendor: dict[str, dict[str, int]] = {}
     vendor_col = results["vendor"].fillna("(none)")
     for vendor, part in results[["outcome", "error_code"]].groupby(vendor_col, sort=True):  # only what is counted
         vc = part["outcome"].value_counts()
         by_vendor[str(vendor)] = {o: int(vc.get(o, 0)) for o in order}
         errors = Counter(part["error_code"].dropna().tolist())
-        top[str(vendor)] = errors.most_common(3)
         codes_by_vendor[str(vendor)] = dict(errors.most_common())
     codes = {str(code): int(n) for code, n in results["error_code"].value_counts().items()}
     attention = np.flatnonzero(results["outcome"].isin(NEEDS_ATTENTION).to_numpy(dtype=bool))
@@ -323,7 +320,6 @@ def summarize(results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool 
         rows=len(results),
         counts={o: int(counts.get(o, 0)) for o in order},
         by_vendor=by_vendor,
-        top_errors=top,
         dry_run=dry_run,
         codes=codes,
         codes_by_vendor=codes_by_vendor,
