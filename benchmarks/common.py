@@ -163,7 +163,7 @@ def timed_command(cmd: list[str], env: dict[str, str]) -> dict[str, float | int 
     done = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"seconds": wall, "peak_mib": rss_kb / 1024, "exit": done.returncode, "out": done.stdout[-2000:],
+    return {"seconds": wall, "peak_mib": rss_kb / 1024, "exit": done.returncode, "out": done.stdout[-20000:],
             "err": done.stderr[-3000:]}
 
 
