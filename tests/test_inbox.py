@@ -419,6 +419,7 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
         "notes.txt": "UnusableFile",
     }
     assert children["decisions.csv"].state.message == "10 succeeded, 3 failed, 8 rejected, 1 skipped"
+    assert children["notes.txt"].state.message.startswith(f"{layout.inbox / 'notes.txt'}: unsupported file type")
     assert results["run_id"].iloc[0] == str(children["decisions.csv"].id)
     artifacts = artifacts_of(children["decisions.csv"].id)
     (markdown,) = [a.data for a in artifacts if a.type == "markdown"]

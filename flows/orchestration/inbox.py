@@ -138,6 +138,7 @@ def _process_one(
     """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
     when = stamp()
     out = results_dir(layout, path, when)
+    source = str(Path(inbox) / path.name)  # where it was dropped, not its claim folder
     try:
         state = sync_decisions(
             str(path),
@@ -147,13 +148,13 @@ def _process_one(
             chunk_size=chunk_size,
             show_progress=False,
             settings_from_blocks=settings_from_blocks,
-            source_name=str(Path(inbox) / path.name),  # where it was dropped, not its claim folder
+            source_name=source,
             return_state=True,
         )
         name, message = state.name, state.message or ""
     except Exception as error:  # the subflow could not even start: the file must not be lost
         state, name, message = None, "Crashed", f"{type(error).__name__}: {error}"
-    message = message.replace(str(path), path.name)  # the claim folder means nothing to a reader
+    message = message.replace(str(path), path.name).replace(source, path.name)  # this table names the file
 
     if name in PROCESSED_STATES and dry_run:  # a rehearsal: nothing sent, so the file stays to be sent
         moved = put_back(layout, path)

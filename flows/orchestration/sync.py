@@ -128,8 +128,9 @@ def sync_decisions(
 
     frame = read_file(path)
     if isinstance(frame, NothingSent):
-        logger.info("nothing sent: %s", frame.message)  # the state says it; the terminal gets one line
-        return failed(frame.state, frame.message)
+        message = frame.message.replace(path, source_name) if source_name else frame.message
+        logger.info("nothing sent: %s", message)  # the state says it; the terminal gets one line
+        return failed(frame.state, message)
     report = validate(frame)
     if isinstance(report, NothingSent):
         logger.info("%s", report.message)
