@@ -517,7 +517,9 @@ def test_needs_attention_has_the_input_columns_and_is_written_only_when_needed(t
     summary = summary_of(results_frame())
     written = write_needs_attention(attention, summary, tmp_path)
     assert [p.name for p in written] == ["needs_attention.xlsx", "needs_attention.csv"]
-    assert summary.needs_attention_paths == [str(p) for p in written] and summary.needs_attention_path == str(written[0])
+    assert summary.needs_attention_paths == [str(p) for p in written] and summary.needs_attention_path == str(
+        written[0]
+    )
     assert pd.read_csv(tmp_path / "needs_attention.csv", dtype=str)["cost_center"].tolist()[0] == "'=1+1"
     back = read_decisions(tmp_path / "needs_attention.xlsx")
     assert values(back, "cost_center")[0] == "=1+1" and values(back, "error_code") == [
