@@ -408,7 +408,7 @@ def test_a_preview_asks_the_vendors_and_changes_nothing(sandbox, tmp_path, capsy
     )
     results = results_of(tmp_path / "out").set_index("invoice_id")
 
-    assert code == EXIT_OK and (results["outcome"] == "skipped").all() and (results["attempts"] == 0).all()
+    assert code == EXIT_OK and (results["outcome"] == "would_send").all() and (results["attempts"] == 0).all()
     assert results.loc[[r["invoice_id"] for r in rows], "would_change"].eq("yes").all()
     assert results.loc[[r["invoice_id"] for r in done], "would_change"].eq("no").all()
     assert results.loc["A99999", "would_change"] == "not_found" and results.loc["A99999", "http_status"] == 404
