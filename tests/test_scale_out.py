@@ -80,6 +80,7 @@ class PrefectServer:
             "PREFECT_LOGGING_LEVEL": "INFO",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # a schedule's runs appear within seconds
             "GX_ANALYTICS_ENABLED": "false",
         }
         self.logs: list[Path] = []

@@ -10,6 +10,8 @@ helpers are those of tests/test_scale_out.py.
   exception; a `list` as its data made that a TypeError).
 * The runs are named after what ran: the inbox and how many files; the file and the time.
 * Headless Chromium shows a failed invoice's id and error code on the run's artifacts.
+* The server's scheduler creates the runs of a deployment's schedule (the month end's cron):
+  the thing a Prefect, SQLAlchemy or server upgrade can break without any run failing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -156,3 +159,42 @@ def test_a_failed_invoice_and_its_error_code_show_on_the_runs_artifacts(finished
     markdown = by_key["invoice-sync-run"]
     dom = browse(f"{server.url}/artifacts/artifact/{markdown.id}", tmp_path / "y.png", dump_dom=True)
     assert "month-end.csv" in dom and ".claimed" not in dom and "2 rows need attention" in dom
+
+
+def test_the_scheduler_creates_the_month_end_runs(finished_run):
+    """A deployment with prefect.yaml's month-end schedule gets its next runs `Scheduled` by the server."""
+    import yaml
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = finished_run["server"]
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    (spec,) = [d for d in config["deployments"] if d["name"] == "month-end-approvals"]
+    (schedule,) = spec["schedules"]
+    with temporary_settings(updates={PREFECT_API_URL: server.api}), server.client() as client:
+        from prefect import flow
+
+        flow.from_source(source=str(REPO_ROOT), entrypoint="flows/orchestration/inbox.py:process_inbox").deploy(
+            name="scheduled-month-end",
+            work_pool_name=POOL,
+            schedule=CronSchedule(cron=schedule["cron"], timezone="UTC"),
+            parameters={"inbox": str(finished_run["inbox"])},
+            build=False,
+            push=False,
+            print_next_steps=False,
+            ignore_warnings=True,
+        )
+        runs: list = []
+        deadline = time.monotonic() + 120  # the scheduler's loop runs every 2 s here
+        while time.monotonic() < deadline and not runs:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["scheduled-month-end"])),
+                flow_run_filter=FlowRunFilter(),
+            )
+            if not runs:
+                time.sleep(1)
+    assert runs, "the scheduler created no run for the month-end schedule: " + server.tail("server")
+    assert {r.state.name for r in runs} == {"Scheduled"}
+    times = sorted(r.expected_start_time for r in runs)
+    assert all(t.hour == 18 and (t + timedelta(days=1)).day == 1 for t in times)  # 18:00 on a month's last day
