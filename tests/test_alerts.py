@@ -152,17 +152,8 @@ def stack(databases, tmp_path_factory):
                         f"{prefix}_TIMEOUT": "60",
                     }
                 )
-            worker = server.spawn(
-                "worker",
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--type",
-                "process",
-                "--name",
-                "alerts-worker",
-                env={**server.env, **job_env},
+            worker = server.start_worker(
+                "worker", POOL, name="alerts-worker", limit=None, env={**server.env, **job_env}
             )
             for _ in range(2):  # installing twice leaves one set
                 assert main(["alerts", "install", "--webhook", hook.url, "--deadline", f"{DEADLINE_SECONDS}s"]) == 0

@@ -100,6 +100,15 @@ class PrefectServer:
                 start_new_session=True,
             )
 
+    def start_worker(
+        self, log_name: str, pool: str, *, name: str | None = None, limit: int | None = 1, env: dict | None = None
+    ) -> subprocess.Popen:
+        """`prefect worker start` on a process pool (at most `limit` runs at once; None: no limit)."""
+        args = ["worker", "start", "--pool", pool, "--type", "process"]
+        args += ["--name", name] if name else []
+        args += ["--limit", str(limit)] if limit is not None else []
+        return self.spawn(log_name, *args, env=env)
+
     def run(self, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
         return subprocess.run(
             [PREFECT, *args],
@@ -317,21 +326,7 @@ def scale_out_run(server, deployed, tmp_path_factory):
         push_secrets(None, sandbox.env())  # URLs and credentials only in Secret blocks on this server
         try:
             for i in range(2):
-                workers.append(
-                    server.spawn(
-                        f"worker-{i}",
-                        "worker",
-                        "start",
-                        "--pool",
-                        POOL,
-                        "--type",
-                        "process",
-                        "--name",
-                        f"worker-{i}",
-                        "--limit",
-                        "1",
-                    )
-                )
+                workers.append(server.start_worker(f"worker-{i}", POOL, name=f"worker-{i}"))
             job_env = {  # nothing secret: the flow reads vendor settings from the Secret blocks
                 "ALFRED_GLOBAL_LIMIT": gcl,
                 "INVOICE_SYNC_STATE_DIR": str(root / "state"),

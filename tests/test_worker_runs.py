@@ -75,20 +75,7 @@ def finished_run(tmp_path_factory):
             os.utime(inbox / "month-end.csv", (then, then))
             # The vendor settings of the sandbox, in the worker's environment (no Secret blocks here).
             worker_env = {**server.env, **sandbox.env(), "INVOICE_SYNC_STATE_DIR": str(root / "state")}
-            worker = server.spawn(
-                "worker",
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--type",
-                "process",
-                "--name",
-                "worker-runs",
-                "--limit",
-                "1",
-                env=worker_env,
-            )
+            worker = server.start_worker("worker", POOL, name="worker-runs", env=worker_env)
             run = run_deployment(
                 f"process-inbox/{DEPLOYMENT}",
                 timeout=0,
