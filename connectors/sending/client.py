@@ -350,9 +350,10 @@ class VendorClient:
 
     def _send_raw(self, request: Request) -> Response:
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too
+        granted_at = self.limiter.granted_at
         if self.run_stop.is_set():  # the stop came while this request waited for its slot
             raise _StoppedBeforeSending
-        return self.http.request(
+        response = self.http.request(
             request.method,
             request.path if is_absolute(request.path) else self.base_url + request.path,
             params=request.params or None,
@@ -361,6 +362,8 @@ class VendorClient:
             headers=request.headers or None,
             timeout=self.settings.timeout,
         )
+        self.limiter.observe(granted_at, response.status_code, response.headers)  # how the rate is learned
+        return response
 
     def _stop(self, decision: Decision, verdict: Verdict) -> None:
         with self._stop_lock:

@@ -33,11 +33,12 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from connectors.errors import GlobalLimitError
+from connectors.sending.adaptive import RateChange, RateController
 
 try:
     import fcntl
@@ -148,6 +149,8 @@ class RateLimiter:
 
     `machine`: the schedule this vendor's rate is shared through with the other processes on
     this machine. `stop`: once set, `acquire()` returns at once (the caller sends nothing).
+    `controller`: learns the rate from the vendor's answers (`observe`), from `rate` as its
+    ceiling (connectors.sending.adaptive); `log` hears once when it corrects a set limit down.
     """
 
     def __init__(
@@ -158,9 +161,19 @@ class RateLimiter:
         sleep: Callable[[float], object] | None = None,
         machine: MachineSchedule | None = None,
         stop: threading.Event | None = None,
+        controller: RateController | None = None,
+        name: str = "",
+        log: Callable[[str], object] | None = None,
     ) -> None:
+        self.controller = controller
+        if controller is not None:
+            rate = controller.rate
         self.rate = rate
         self.interval = spacing(rate)
+        self.name = name
+        self.log = log
+        self._logged_correction = False
+        self._thread = threading.local()  # each sending thread's last grant time
         self.machine = machine
         self._stop = stop
         self._clock = clock
@@ -212,8 +225,43 @@ class RateLimiter:
         return waited  # stopped: the caller sends nothing
 
     def _granted(self, at: float) -> None:
+        """Called with the lock held, once per grant."""
+        self._thread.granted = at
         if self.on_grant is not None:
             self.on_grant(at)
+        if self.controller is not None:
+            change = self.controller.granted(at)
+            if change is not None:
+                self._apply(change)
+
+    @property
+    def granted_at(self) -> float:
+        """When this thread's last slot was granted (by this limiter's clock)."""
+        return getattr(self._thread, "granted", 0.0)
+
+    def observe(self, granted_at: float, status: int, headers: Mapping[str, str]) -> None:
+        """The vendor's answer to a request granted at `granted_at`: the controller, if any, learns from it."""
+        if self.controller is None:
+            return
+        with self._lock:
+            change = self.controller.answered(granted_at, status, headers)
+            if change is not None:
+                self._apply(change)
+            correction = self.controller.corrected if not self._logged_correction else None
+            self._logged_correction = self._logged_correction or correction is not None
+        if correction and self.log is not None:
+            self.log(f"{self.name}: {correction}; kept for the next run (docs/rates.md)")
+
+    def _apply(self, change: RateChange) -> None:
+        """Take the controller's decision (the lock is held)."""
+        if change.rate != self.rate:
+            self.rate = change.rate
+            self.interval = spacing(change.rate)
+        if change.pause > 0:
+            until = self._clock() + change.pause
+            if until > self._next_slot:
+                self._next_slot = until
+                self._pauses += 1
 
     def pause(self, seconds: float) -> None:
         """No slot is handed out for the next `seconds` (the vendor asked us to back off).
@@ -348,6 +396,13 @@ class GlobalRateLimiter:
     def pause(self, seconds: float) -> None:
         self.local.pause(seconds)
 
+    @property
+    def granted_at(self) -> float:
+        return self.local.granted_at
+
+    def observe(self, granted_at: float, status: int, headers: Mapping[str, str]) -> None:
+        """The shared rate is the GCL's: answers teach it nothing (a 429 still pauses this worker)."""
+
     def close(self) -> None:
         self.local.close()
 
@@ -396,13 +451,22 @@ def limiter_for(
     *,
     machine_dir: Path | None = None,
     stop: threading.Event | None = None,
+    remembered: tuple[float, bool] | None = None,
+    log: Callable[[str], object] | None = None,
 ) -> RateLimiter | GlobalRateLimiter:
     """The limiter the settings ask for: shared through `shared` (a Prefect GCL), or this worker's own,
-    shared with this machine's other processes through a schedule in `machine_dir` when one is given."""
+    shared with this machine's other processes through a schedule in `machine_dir` when one is given.
+
+    This worker's own learns the vendor's rate from its answers, from `remembered` (the rate an
+    earlier run held, and whether it is stale) and under `<VENDOR>_RATE_LIMIT`."""
     name = settings.global_limit
     if name:
         return GlobalRateLimiter(name, settings.rate_limit, shared=shared, stop=stop)
     machine = None
-    if machine_dir is not None and settings.rate_limit and fcntl is not None:
+    if machine_dir is not None and fcntl is not None:  # used while the rate is set or learned
         machine = MachineSchedule.for_vendor(machine_dir, settings.vendor, settings.base_url or "")
-    return RateLimiter(settings.rate_limit, machine=machine, stop=stop)
+    rate, stale = remembered if remembered is not None else (None, False)
+    controller = RateController(ceiling=settings.rate_limit, remembered=rate, stale=stale)
+    return RateLimiter(
+        settings.rate_limit, machine=machine, stop=stop, controller=controller, name=settings.vendor, log=log
+    )
