@@ -317,3 +317,65 @@ def test_an_announced_limit_is_kept_to_without_a_single_429(sandbox, monkeypatch
     assert limiter.rate == 20
     assert sandbox.refused_by_limit("alfred") == 0
     assert max_in_window(grants) <= 20
+
+
+# -- remembered rates --------------------------------------------------------------------------
+
+
+def test_a_kept_rate_is_recalled_per_vendor_api_and_trusted_less_once_old(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from flows.state.rates import RememberedRates
+
+    now = [datetime(2026, 11, 30, 18, 0, tzinfo=UTC)]
+    rates = RememberedRates(tmp_path / "rates.json", timedelta(days=7), now=lambda: now[0])
+    assert rates.recall("alfred", "https://a.test") is None
+    rates.keep("alfred", "https://a.test", 24.25)
+    rates.keep("alfred", "https://other-account.test", 50)
+    assert rates.recall("alfred", "https://a.test") == (24.25, False)
+    assert rates.recall("alfred", "https://other-account.test") == (50, False)
+    assert rates.recall("modulus", "https://a.test") is None
+    now[0] += timedelta(days=8)
+    assert rates.recall("alfred", "https://a.test") == (24.25, True)
+    (tmp_path / "rates.json").write_text("{not json")
+    assert rates.recall("alfred", "https://a.test") is None  # unreadable: learned afresh, never a crash
+
+
+def test_limiter_for_starts_from_a_remembered_rate():
+    from connectors.settings import VendorSettings
+    from tests.helpers import FAKE_ENV
+
+    settings = VendorSettings.from_env("alfred", ("API_KEY", "API_SECRET"), FAKE_ENV)
+    assert limiter_for(settings, remembered=(24.0, False)).rate == 24
+    assert limiter_for(settings, remembered=(24.0, True)).rate == 12  # stale: half, growing back
+    assert limiter_for(settings).rate is None
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_the_next_run_starts_from_the_rate_the_last_one_held(sandbox, tmp_path, state_dir, capsys, monkeypatch):
+    import json
+
+    import pandas as pd
+
+    from flows.cli.main import EXIT_OK, main
+    from tests.helpers import seed_approvals
+
+    monkeypatch.setenv("ALFRED_MAX_ATTEMPTS", "10")
+    rows = seed_approvals(sandbox, "alfred", range(200))
+    for k, part in enumerate((rows[:100], rows[100:])):
+        pd.DataFrame(part).to_csv(tmp_path / f"d{k}.csv", index=False)
+    sandbox.enforce_limit("alfred", 20, retry_after=1)
+    assert main(["run", str(tmp_path / "d0.csv"), "--out", str(tmp_path / "r0"), "--no-progress"]) == EXIT_OK
+    first = sandbox.refused_by_limit("alfred")
+    assert first > 0  # the first run found the limit the hard way
+    kept = json.loads((state_dir / "rates.json").read_text())
+    (entry,) = kept.values()
+    assert entry["vendor"] == "alfred" and 16 <= entry["rate"] <= 20
+
+    sandbox.enforce_limit("alfred", 20, retry_after=1)  # the same vendor, its count afresh
+    assert main(["run", str(tmp_path / "d1.csv"), "--out", str(tmp_path / "r1"), "--no-progress"]) == EXIT_OK
+    capsys.readouterr()
+    assert sandbox.refused_by_limit("alfred") == 0  # the second started at the kept rate: not one 429
+    results = pd.read_parquet(tmp_path / "r1" / "results.parquet")
+    assert (results["outcome"] == "succeeded").all()

@@ -148,6 +148,7 @@ class RateController:
             self.target, start = start, max(MIN_RATE, start / 2)
         self.rate: float | None = start if start is not None else ceiling
         self.learned = start is not None  # a rate from the vendor's answers (now or in an earlier run)
+        self.heard = False  # the vendor's answers changed the rate this run: worth remembering
         self.throttles = 0  # throttle events this run (not 429s: one event covers a burst of them)
         self.corrected: str | None = None  # set once: the set limit was more than the vendor allows
         self._grants: list[float] = []  # grant times, oldest first (trimmed to the last two windows now and then)
@@ -284,7 +285,7 @@ class RateController:
             bound = min(b for b in (self.ceiling, self.announced, math.inf) if b is not None)
             rate = max(MIN_RATE, min(rate, bound))
         self.rate = rate
-        self.learned = True
+        self.learned = self.heard = True
         self._busiest = 0
         if not keep_calm:
             self._epoch = self._clock()

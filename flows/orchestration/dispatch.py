@@ -41,6 +41,7 @@ from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
 from flows.orchestration.stopping import RunStop
 from flows.pipeline.planning import Plan, decisions_for
 from flows.state.ledger import CLAIM_LEASE, ClaimHolder, Claims, Ledger
+from flows.state.rates import RememberedRates
 
 # Each chunk is one task run, whose orchestration shares the CPU with the sending threads:
 # large chunks keep that to a few task runs a minute per vendor, while progress still shows
@@ -66,10 +67,29 @@ class VendorClients:
 
     ready: dict[str, VendorClient] = field(default_factory=dict)
     unusable: dict[str, VendorSettings] = field(default_factory=dict)
+    rates: RememberedRates | None = None  # where the rates the vendors held are kept for the next run
 
     def close(self) -> None:
         for client in self.ready.values():
             client.close()
+            self._keep_rate(client)
+
+    def _keep_rate(self, client: VendorClient) -> None:
+        """The rate a vendor held, learned now or earlier, is where the next run starts."""
+        controller = getattr(client.limiter, "controller", None)
+        if self.rates is None or controller is None or not controller.heard or not controller.rate:
+            return
+        try:
+            self.rates.keep(client.vendor, client.base_url, controller.rate)
+        except OSError as exc:  # the run's results matter more: say so, and go on
+            get_run_logger().warning("the rate %s held was not kept for the next run: %s", client.vendor, exc)
+            return
+        get_run_logger().info(
+            "%s: sending at %.4g/s at the end (%d throttle(s) this run); kept for the next run",
+            client.vendor,
+            controller.rate,
+            controller.throttles,
+        )
 
 
 @task(cache_policy=NO_CACHE)
@@ -77,7 +97,7 @@ def open_clients(
     vendors: list[str], environ: Mapping[str, str] | None = None, stop: threading.Event | None = None
 ) -> VendorClients:
     """Build each vendor's settings, and a client for every vendor whose settings are usable."""
-    clients = VendorClients()
+    clients = VendorClients(rates=RememberedRates.from_environ(environ))
     from_blocks = environ.from_blocks if isinstance(environ, SettingsEnviron) else frozenset()
     for vendor in vendors:
         connector_class = CONNECTORS[vendor]
@@ -86,7 +106,14 @@ def open_clients(
         saver = credential_saver(vendor, from_blocks, log=get_run_logger())
         settings = replace(settings, save_credential=saver)
         if settings.usable:
-            limiter = limiter_for(settings, PREFECT_GLOBAL_LIMIT, machine_dir=rate_schedule_dir(environ), stop=stop)
+            limiter = limiter_for(
+                settings,
+                PREFECT_GLOBAL_LIMIT,
+                machine_dir=rate_schedule_dir(environ),
+                stop=stop,
+                remembered=clients.rates.recall(vendor, settings.base_url) if clients.rates else None,
+                log=get_run_logger().warning,
+            )
             clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter, stop=stop)
         else:
             get_run_logger().error("%s is not configured: %s", vendor, "; ".join(settings.problems))
