@@ -22,6 +22,7 @@ from connectors.sending.client import VendorClient
 from connectors.sending.ratelimit import HEADROOM, RateLimiter, limiter_for
 from connectors.vocabulary import Decision, Outcome
 from tests.helpers import invoice_id_for, max_in_window, record_grants
+from tests.test_ledger import postgres_url  # noqa: F401 - a fixture, used by name
 
 
 class FakeTime:
@@ -379,3 +380,130 @@ def test_the_next_run_starts_from_the_rate_the_last_one_held(sandbox, tmp_path, 
     assert sandbox.refused_by_limit("alfred") == 0  # the second started at the kept rate: not one 429
     results = pd.read_parquet(tmp_path / "r1" / "results.parquet")
     assert (results["outcome"] == "succeeded").all()
+
+
+# -- daily quotas ------------------------------------------------------------------------------
+
+
+class MemoryQuota:
+    """A QuotaStore in memory that records every call (the ledger's are checked below)."""
+
+    def __init__(self) -> None:
+        self.used: dict[tuple[str, str], int] = {}
+        self.calls: list[tuple] = []
+
+    def take_quota(self, vendor, day, wanted, limit):
+        used = self.used.get((vendor, day), 0)
+        granted = max(0, min(wanted, limit - used))
+        self.used[(vendor, day)] = used + granted
+        self.calls.append(("take", day, wanted, granted))
+        return granted
+
+    def return_quota(self, vendor, day, unused):
+        self.used[(vendor, day)] -= unused
+        self.calls.append(("return", day, unused))
+
+
+def test_a_daily_quota_is_taken_in_blocks_and_its_rest_given_back():
+    from datetime import date
+
+    from connectors.sending.quota import DailyQuota
+
+    store, day = MemoryQuota(), [date(2026, 11, 30)]
+    quota = DailyQuota("appzen", 250, store, block=100, today=lambda: day[0])
+    assert all(quota.take() for _ in range(120))
+    assert [c[0] for c in store.calls] == ["take", "take"]  # two transactions for 120 requests, not 120
+    quota.close()
+    assert store.used[("appzen", "2026-11-30")] == 120  # the 80 counted but not sent went back
+    other_run = DailyQuota("appzen", 250, store, block=100, today=lambda: day[0])
+    assert sum(other_run.take() for _ in range(200)) == 130  # across runs: 250 in all that day
+    assert other_run.exhausted_on == date(2026, 11, 30)
+    assert f"{other_run.resets_at():%Y-%m-%d %H:%M %Z}" == "2026-12-01 00:00 UTC"
+    day[0] = date(2026, 12, 1)  # past midnight UTC: a new day's quota
+    assert other_run.take() and other_run.exhausted_on is None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    from flows.state.ledger import Ledger
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    ledger = Ledger(url)
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM vendor_daily_requests")
+    yield ledger
+    ledger.close()
+
+
+def test_the_ledger_counts_a_quota_once_across_workers_at_once(ledger):
+    import threading
+
+    from flows.state.ledger import Ledger
+
+    ledgers = [Ledger(ledger.url) for _ in range(4)]  # four workers' own connections
+    granted: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def worker(mine: Ledger) -> None:
+        barrier.wait()
+        for _ in range(20):
+            granted.append(mine.take_quota("appzen", "2026-11-30", 7, 300))
+
+    threads = [threading.Thread(target=worker, args=(mine,)) for mine in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(granted) == 300 == ledger.quota_used("appzen", "2026-11-30")  # 560 asked, exactly 300 counted
+    ledgers[0].return_quota("appzen", "2026-11-30", 5)
+    assert ledger.quota_used("appzen", "2026-11-30") == 295
+    assert ledger.quota_used("appzen", "2026-12-01") == 0  # by UTC day
+    for mine in ledgers:
+        mine.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_a_daily_limit_is_counted_across_two_runs_and_what_is_left_waits_for_the_next_day(
+    sandbox, tmp_path, state_dir, capsys, monkeypatch
+):
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, main
+    from flows.state.ledger import Ledger
+    from tests.helpers import seed_approvals
+
+    monkeypatch.setenv("APPZEN_DAILY_LIMIT", "30")
+    rows = seed_approvals(sandbox, "appzen", range(40))
+    pd.DataFrame(rows[:20]).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame(rows[20:]).to_csv(tmp_path / "b.csv", index=False)
+    assert main(["run", str(tmp_path / "a.csv"), "--out", str(tmp_path / "ra"), "--no-progress"]) == EXIT_OK
+    assert main(["run", str(tmp_path / "b.csv"), "--out", str(tmp_path / "rb"), "--no-progress"]) == EXIT_ROWS_NOT_DONE
+    out, _ = capsys.readouterr()
+
+    second = pd.read_parquet(tmp_path / "rb" / "results.parquet")
+    assert second["outcome"].value_counts().to_dict() == {"succeeded": 10, "failed": 10}
+    failed = second[second["outcome"] == "failed"]
+    assert (failed["error_code"] == "QUOTA_EXHAUSTED").all() and (failed["attempts"] == 0).all()
+    midnight = f"{datetime.now(UTC).date() + timedelta(days=1):%Y-%m-%d} 00:00 UTC"
+    assert failed["error_message"].str.contains(f"resets at {midnight}").all()
+    assert f"appzen: daily limit used up, 10 rows not sent (QUOTA_EXHAUSTED); it resets at {midnight}" in " ".join(
+        out.split()
+    )
+    assert len(sandbox.request_log("appzen")) == 30  # not one request past the day's limit
+    ledger = Ledger.open()
+    assert ledger.quota_used("appzen", f"{datetime.now(UTC).date():%Y-%m-%d}") == 30  # the rest was given back
+    ledger.close()
+
+    # Transient: the next run with quota left (here: a higher limit, as after midnight) sends them.
+    monkeypatch.setenv("APPZEN_DAILY_LIMIT", "40")
+    assert main(["run", str(tmp_path / "b.csv"), "--out", str(tmp_path / "rc"), "--no-progress"]) == EXIT_OK
+    capsys.readouterr()
+    third = pd.read_parquet(tmp_path / "rc" / "results.parquet")
+    assert third["error_code"].fillna("").value_counts().to_dict() == {"ALREADY_DONE": 10, "": 10}
+    assert len(sandbox.request_log("appzen")) == 40

@@ -274,6 +274,8 @@ def print_summary(summary: RunSummary) -> None:
         console.print(f"no results.xlsx: {summary.no_workbook_because}")
     if summary.needs_attention_rows:
         console.print(f"[bold]{summary.attention_text()}[/bold] (fix them there and run it, or drop it into the inbox)")
+    if summary.quota_exhausted:
+        console.print(f"[bold]{summary.quota_text()}[/bold]")
 
 
 def validate_command(path: str, show: int, *, sheet: str | None = None) -> int:

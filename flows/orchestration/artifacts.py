@@ -43,6 +43,7 @@ def publish(summary: RunSummary) -> None:
                     if summary.needs_attention_rows
                     else []
                 ),
+                *([f"- **{summary.quota_text()}**"] if summary.quota_exhausted else []),
                 *(
                     [f"- validation report (Great Expectations Data Docs): `{summary.extra['validation_report']}`"]
                     if summary.extra.get("validation_report")

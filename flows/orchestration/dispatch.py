@@ -32,6 +32,7 @@ from prefect.futures import PrefectFuture
 
 from connectors.registry import CONNECTORS
 from connectors.sending.client import VendorClient
+from connectors.sending.quota import DailyQuota, QuotaStore
 from connectors.sending.ratelimit import limiter_for
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
@@ -94,9 +95,13 @@ class VendorClients:
 
 @task(cache_policy=NO_CACHE)
 def open_clients(
-    vendors: list[str], environ: Mapping[str, str] | None = None, stop: threading.Event | None = None
+    vendors: list[str],
+    environ: Mapping[str, str] | None = None,
+    stop: threading.Event | None = None,
+    quota_store: QuotaStore | None = None,
 ) -> VendorClients:
-    """Build each vendor's settings, and a client for every vendor whose settings are usable."""
+    """Build each vendor's settings, and a client for every vendor whose settings are usable
+    (counting a vendor's daily limit in `quota_store`, the ledger, when it has one)."""
     clients = VendorClients(rates=RememberedRates.from_environ(environ))
     from_blocks = environ.from_blocks if isinstance(environ, SettingsEnviron) else frozenset()
     for vendor in vendors:
@@ -114,7 +119,10 @@ def open_clients(
                 remembered=clients.rates.recall(vendor, settings.base_url) if clients.rates else None,
                 log=get_run_logger().warning,
             )
-            clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter, stop=stop)
+            quota = None
+            if quota_store is not None and settings.daily_limit:
+                quota = DailyQuota(vendor, settings.daily_limit, quota_store)
+            clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter, stop=stop, quota=quota)
         else:
             get_run_logger().error("%s is not configured: %s", vendor, "; ".join(settings.problems))
             clients.unusable[vendor] = settings
@@ -290,7 +298,15 @@ def dispatch(
             renewed = _renew_claims(ledger, holder)
 
     sent, unusable = _in_lanes(
-        plan_, chunk_size, submit, show_progress, settings_from_blocks, "Decisions sent", stop, on_tick=renew_claims
+        plan_,
+        chunk_size,
+        submit,
+        show_progress,
+        settings_from_blocks,
+        "Decisions sent",
+        stop,
+        on_tick=renew_claims,
+        quota_store=ledger,
     )
     for vendor, settings in unusable.items():
         sent.extend(unconfigured_results(frame, plan_.to_send[vendor], settings))
@@ -335,6 +351,7 @@ def _in_lanes(
     description: str,
     stop: RunStop,
     on_tick: Callable[[], None] | None = None,
+    quota_store: QuotaStore | None = None,
 ) -> tuple[list[Any], dict[str, VendorSettings]]:
     """Open the clients and run every configured vendor's chunks in lanes, reporting progress;
     once `stop` is set no chunk starts. `on_tick` runs as each chunk ends and every tick between.
@@ -344,7 +361,7 @@ def _in_lanes(
     vendors = sorted(plan_.to_send)
     # Deployments: settings missing from the environment come from Prefect Secret blocks.
     environ = settings_environ(vendors, log=get_run_logger()) if settings_from_blocks else None
-    clients = open_clients(vendors, environ, stop)
+    clients = open_clients(vendors, environ, stop, quota_store)
     configured = {v: p for v, p in plan_.to_send.items() if v in clients.ready}
 
     progress = RunProgress({v: len(p) for v, p in configured.items()}, show_bars=show_progress)

@@ -82,6 +82,8 @@ class RunSummary:
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM": the run was stopped before it was done
     sent: int = 0  # rows whose request went out in this run
     not_sent: int = 0  # rows the stop kept from being sent (INTERRUPTED, attempts 0)
+    # vendor -> (rows its daily limit kept from being sent, when that limit resets): QUOTA_EXHAUSTED
+    quota_exhausted: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def stop_text(self) -> str:
         """What a stopped run says: rows sent, rows not sent, then the counts."""
@@ -99,6 +101,14 @@ class RunSummary:
         """ "would change N, already done M, not found K, unknown U" (empty without a preview)."""
         counts = self.checks if vendor is None else self.checks_by_vendor.get(vendor)
         return "" if counts is None else preview_text(counts)
+
+    def quota_text(self) -> str:
+        """One line per vendor whose daily limit was used up, with when it resets ("" when none was)."""
+        return "; ".join(
+            f"{vendor}: daily limit used up, {rows} row{'s' if rows != 1 else ''} not sent (QUOTA_EXHAUSTED); "
+            f"it resets at {resets}, and the next run after that sends them"
+            for vendor, (rows, resets) in sorted(self.quota_exhausted.items())
+        )
 
     def attention_text(self) -> str:
         """One line naming the needs-attention file, or "" when no row needs a person."""
@@ -504,6 +514,10 @@ def summarize(
         sent=int((results["attempts"] > 0).sum()),
         not_sent=int(((results["error_code"] == ErrorCode.INTERRUPTED.value) & (results["attempts"] == 0)).sum()),
     )
+    quota = results[results["error_code"] == ErrorCode.QUOTA_EXHAUSTED.value]
+    for vendor, rows in quota.groupby(quota["vendor"].fillna("(none)"), sort=True):
+        resets = rows["error_message"].str.extract(r"resets at ([0-9-]+ [0-9:]+ UTC)")[0].dropna()
+        summary.quota_exhausted[str(vendor)] = (len(rows), resets.max() if len(resets) else "the next UTC midnight")
     checked = results["would_change"].notna() if "would_change" in results else None
     if checked is not None and checked.any():
         part = results.loc[checked, ["vendor", "would_change"]]
