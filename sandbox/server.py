@@ -474,7 +474,8 @@ class Sandbox:
         with self.lock:
             log = list(self._logs[vendor])
             high = self._in_flight_max[vendor]
-        return json_reply(200, {"vendor": vendor, "requests": log, "max_in_flight": high})
+            refused = self._limits[vendor].refused if vendor in self._limits else 0
+        return json_reply(200, {"vendor": vendor, "requests": log, "max_in_flight": high, "refused_by_limit": refused})
 
     def _enter(self, vendor: str) -> None:
         with self.lock:
