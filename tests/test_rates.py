@@ -202,10 +202,9 @@ def test_announced_limits_cap_the_rate_and_an_empty_allowance_pauses():
     change = controller.answered(t.now, 200, {"RateLimit-Limit": "20", "RateLimit-Remaining": "19"})
     assert change is not None and change.rate == 20 and change.pause == 0
     assert controller.corrected is not None and "announces 20/s" in controller.corrected
-    change = controller.answered(
-        t.now, 200, {"RateLimit-Limit": "20", "RateLimit-Remaining": "0", "RateLimit-Reset": "1"}
-    )
-    assert change is not None and change.pause == 1
+    unlimited = RateController(clock=t.clock)  # only a count left and a reset: wait for it
+    change = unlimited.answered(t.now, 200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2"})
+    assert change is not None and change.pause == 2
     for _ in range(int(3 * PROBE_AFTER * 20)):  # probes never go past what the vendor announced
         controller.granted(t.now)
         t.sleep(1 / (20 * HEADROOM))
@@ -507,3 +506,27 @@ def test_a_daily_limit_is_counted_across_two_runs_and_what_is_left_waits_for_the
     third = pd.read_parquet(tmp_path / "rc" / "results.parquet")
     assert third["error_code"].fillna("").value_counts().to_dict() == {"ALREADY_DONE": 10, "": 10}
     assert len(sandbox.request_log("appzen")) == 40
+
+
+def test_a_probe_not_yet_confirmed_is_not_what_is_remembered():
+    t = FakeTime()
+    controller = RateController(remembered=20, clock=t.clock)
+    while controller.rate == 20:  # calm and busy at 20/s until it probes
+        controller.granted(t.now)
+        t.sleep(1 / (20 * HEADROOM))
+    assert controller.rate == 21 and controller.held == 20
+    while controller.rate == 21:  # 21 held a calm stretch too: confirmed, and the next probe
+        controller.granted(t.now)
+        t.sleep(1 / (21 * HEADROOM))
+    assert controller.held == 21
+
+
+def test_an_empty_allowance_does_not_pause_a_vendor_already_paced_at_its_announced_rate():
+    t = FakeTime()
+    controller = RateController(clock=t.clock)
+    controller.answered(t.now, 200, {"RateLimit-Limit": "25", "RateLimit-Remaining": "3"})
+    assert controller.rate == 25
+    assert (
+        controller.answered(t.now, 200, {"RateLimit-Limit": "25", "RateLimit-Remaining": "0", "RateLimit-Reset": "1"})
+        is None
+    )

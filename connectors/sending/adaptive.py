@@ -156,10 +156,16 @@ class RateController:
         self._epoch = float("-inf")  # requests granted before this were sent at the old rate
         self._calm_since = clock()  # since when no throttle came
         self._last_throttle_rate: float | None = None
+        self._confirmed: float | None = None  # the rate before a probe not yet confirmed by a calm stretch
         self._busiest = 0  # the most grants seen in one window since the last change
         # The last throttle, until its count is final: (first refused grant, decided at, the rate
         # before it, the rate the throttle before it left).
         self._event: tuple[float, float, float | None, float | None] | None = None
+
+    @property
+    def held(self) -> float | None:
+        """The rate to remember: the current one, or before a probe not yet confirmed."""
+        return self._confirmed if self._confirmed is not None else self.rate
 
     # -- fed by the limiter ---------------------------------------------------------------
     def granted(self, at: float) -> RateChange | None:
@@ -212,6 +218,7 @@ class RateController:
             rate = min(rate, current * BACKOFF)  # throttled at the last throttle's rate: it did not help
         self.throttles += 1
         self._last_throttle_rate = rate
+        self._confirmed = None
         self._calm_since = now
         self.target = None  # a throttle says more than a stale memory
         if self.ceiling is not None and rate < self.ceiling and self.corrected is None:
@@ -254,7 +261,10 @@ class RateController:
                     f"the set limit of {self.ceiling:g}/s is more than the vendor allows: "
                     f"it announces {announced.rate:g}/s"
                 )
-        if announced.remaining == 0 and announced.reset:
+        # Paced at the announced rate, the spacing keeps within it: an empty allowance then only
+        # means the window is full for a moment (a sliding one frees a slot within a spacing).
+        paced_within = self.announced is not None and rate is not None and rate <= self.announced
+        if announced.remaining == 0 and announced.reset and not paced_within:
             pause = announced.reset
         if rate == self.rate and not pause:
             return None
@@ -275,8 +285,10 @@ class RateController:
             return None
         step = max(1.0, rate * PROBE_STEP)
         bound = min(b for b in (self.ceiling, self.announced, math.inf) if b is not None)
+        self._confirmed = None  # the rate held a calm stretch: it is confirmed
         if rate >= bound:
             return None
+        self._confirmed = rate
         self._calm_since = now
         return self._set(min(bound, rate + step), 0.0, "probing upward", keep_calm=True)
 

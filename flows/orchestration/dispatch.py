@@ -78,17 +78,17 @@ class VendorClients:
     def _keep_rate(self, client: VendorClient) -> None:
         """The rate a vendor held, learned now or earlier, is where the next run starts."""
         controller = getattr(client.limiter, "controller", None)
-        if self.rates is None or controller is None or not controller.heard or not controller.rate:
+        if self.rates is None or controller is None or not controller.heard or not controller.held:
             return
         try:
-            self.rates.keep(client.vendor, client.base_url, controller.rate)
+            self.rates.keep(client.vendor, client.base_url, controller.held)
         except OSError as exc:  # the run's results matter more: say so, and go on
             get_run_logger().warning("the rate %s held was not kept for the next run: %s", client.vendor, exc)
             return
         get_run_logger().info(
             "%s: sending at %.4g/s at the end (%d throttle(s) this run); kept for the next run",
             client.vendor,
-            controller.rate,
+            controller.held,
             controller.throttles,
         )
 
