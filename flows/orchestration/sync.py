@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import Cancelled, Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.redact import install_log_redaction
+from connectors.registry import VENDORS
 from connectors.vocabulary import ErrorCode, RowResult, VendorCheck
 from flows.orchestration.artifacts import publish
 from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch, preview
 from flows.orchestration.events import RetryRound, emit_run_finished
+from flows.orchestration.final_states import failed
 from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.pipeline.datadocs import write_data_docs
 from flows.pipeline.files import one_line
@@ -77,7 +81,7 @@ def validate(frame: pd.DataFrame, error_cells: tuple[ErrorCell, ...] = ()) -> Va
 @task(cache_policy=NO_CACHE)
 def plan(frame: pd.DataFrame, report: ValidationReport, vendors: list[str] | None) -> Plan:
     """Decide each row's fate before sending: rejected, duplicate, conflicting, or to send."""
-    return plan_rows(frame, report.row_errors, vendors)
+    return plan_rows(frame, report.row_errors, vendors, known_vendors=VENDORS)
 
 
 @task(cache_policy=NO_CACHE)
@@ -103,7 +107,7 @@ def write_spreadsheets(decisions: DecisionFile, results: pd.DataFrame, summary: 
         write_needs_attention(needs_attention(decisions.frame, results), summary, out_dir, sheet=decisions.sheet)
     except Exception as exc:
         logger.warning("needs_attention files not written: %s", one_line(exc))
-    if summary.needs_attention_rows:
+    if summary.needs_attention_path:
         logger.warning("%s", summary.attention_text())
     try:
         write_results_workbook(results, summary, out_dir)
@@ -113,9 +117,23 @@ def write_spreadsheets(decisions: DecisionFile, results: pd.DataFrame, summary: 
         logger.warning("no results.xlsx: %s", summary.no_workbook_because)
 
 
+def run_name() -> str:
+    """The flow run's name: the file and the time, `invoice-sync decisions.csv 2026-11-30 18:00 UTC`."""
+    parameters = flow_run.parameters
+    name = Path(str(parameters.get("source_name") or parameters.get("path") or "")).name
+    return f"invoice-sync {name} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC" + (
+        " (dry run)" if parameters.get("dry_run") else ""
+    )
+
+
 # `flow()` takes a TaskRunner[PrefectFuture[Any]] and that parameter is invariant, so no concrete
 # runner fits, not even ThreadPoolTaskRunner, Prefect's default and documented choice (it casts its own).
-@flow(name="invoice-sync", task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS), log_prints=False)  # type: ignore[arg-type]
+@flow(
+    name="invoice-sync",
+    flow_run_name=run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS),  # type: ignore[arg-type]
+    log_prints=False,
+)
 def sync_decisions(
     path: str,
     out_dir: str = "data/results",
@@ -130,10 +148,13 @@ def sync_decisions(
     retry_rounds: int = 0,
     retries_run: str | None = None,
     sheet: str | None = None,
+    source_name: str | None = None,
 ) -> State:
     """Send every valid decision in `path` to its vendor and write one result row per input row.
 
     `sheet` names the worksheet to read when `path` is an Excel workbook (default: the first).
+    `source_name` is the file as a person knows it, when `path` is not (the inbox claims a
+    file into a folder of its own first): it names the run, the summary and the artifacts.
     `check_vendors` with `dry_run`: a preview that reads, for every decision that would be
     sent, the invoice's current state at its vendor (nothing is written, the ledger unchanged).
     `retry_round` (of `retry_rounds`, retrying the run `retries_run`) is set by `retry-failed` only.
@@ -154,6 +175,7 @@ def sync_decisions(
             RetryRound(retry_round, retry_rounds, retries_run),
             stop,
             sheet,
+            source_name,
         )
 
 
@@ -170,6 +192,7 @@ def _sync(
     retry: RetryRound,
     stop: RunStop,
     sheet: str | None,
+    source_name: str | None,
 ) -> State:
     started = time.monotonic()
     install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
@@ -178,13 +201,14 @@ def _sync(
 
     decisions = read_file(path, sheet)
     if isinstance(decisions, NothingSent):
-        logger.info("nothing sent: %s", decisions.message)  # the state says it; the terminal gets one line
-        return Failed(name=decisions.state, message=decisions.message)
+        message = decisions.message.replace(path, source_name) if source_name else decisions.message
+        logger.info("nothing sent: %s", message)  # the state says it; the terminal gets one line
+        return failed(decisions.state, message)
     frame = decisions.frame
     report = validate(frame, decisions.error_cells)
     if isinstance(report, NothingSent):
         logger.info("%s", report.message)
-        return Failed(name=report.state, message=report.message)
+        return failed(report.state, report.message)
     plan_ = plan(frame, report, vendors)
     if check_vendors and not dry_run:
         logger.warning("check_vendors previews a dry run only: ignored, the decisions are sent")
@@ -192,9 +216,16 @@ def _sync(
     ledger = Ledger.open()
     try:
         sent = consult_ledger(frame, plan_, ledger, retry_failed)
-        logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
+        logger.info(
+            "%s: %d rows, %d to send, %d rejected",
+            source_name or path,
+            len(frame),
+            plan_.send_count,
+            len(report.row_errors),
+        )
         if not dry_run and plan_.send_count:
             sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks, stop)
+        ledger_place = ledger.describe()
     finally:
         ledger.close()
     if checks is not None and plan_.send_count:  # reads only: the ledger is closed, nothing is recorded
@@ -203,8 +234,9 @@ def _sync(
     results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run, checks=checks)
     parquet_path, csv_path = write_results(results, out_dir)
     stopped_by = stop.signal.name if stop.is_set() and stop.signal is not None else None
-    summary = summarize(results, run_id, path, dry_run=dry_run, stopped_by=stopped_by)
+    summary = summarize(results, run_id, source_name or path, dry_run=dry_run, stopped_by=stopped_by)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
+    summary.extra["ledger"] = ledger_place
     write_spreadsheets(decisions, results, summary, out_dir)
     try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
         summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
@@ -223,4 +255,4 @@ def _sync(
     text = summary.counts_text() + (f"; {summary.checks_text()}" if summary.checks else "")
     if summary.all_done:
         return Completed(message=text, data=summary)
-    return Failed(name="RowsNotDone", message=text, data=summary)
+    return failed("RowsNotDone", text, summary)
