@@ -82,6 +82,19 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
     return best
 
 
+class FakeTime:
+    """A clock and a sleep for the limiters and the rate controller: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
 # The sandbox runs in the test process: its handler threads share the GIL (and, with other
 # processes, two cores) with the senders, so it stamps a request's arrival late by up to tens
 # of ms under load, and several requests sent on their evenly spaced slots can be stamped a

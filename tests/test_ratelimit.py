@@ -35,7 +35,15 @@ from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, Outcome
 from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
 from sandbox import Sandbox
-from tests.helpers import FAKE_ENV, grant_log_env, max_arrivals_in_window, max_in_window, read_grants, record_grants
+from tests.helpers import (
+    FAKE_ENV,
+    FakeTime,
+    grant_log_env,
+    max_arrivals_in_window,
+    max_in_window,
+    read_grants,
+    record_grants,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,17 +184,6 @@ def test_slow_answers_do_not_raise_concurrency(sandbox, monkeypatch):
 
 
 # -- the local limiter and the machine schedule on a fake clock ----------------------------------
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
 
 
 class PausedWhileTaking(MachineSchedule):

@@ -21,20 +21,8 @@ from connectors.sending.adaptive import (
 from connectors.sending.client import VendorClient
 from connectors.sending.ratelimit import HEADROOM, RateLimiter, limiter_for
 from connectors.vocabulary import Decision, Outcome
-from tests.helpers import invoice_id_for, max_in_window, record_grants
+from tests.helpers import FakeTime, invoice_id_for, max_in_window, record_grants
 from tests.test_ledger import postgres_url  # noqa: F401 - a fixture, used by name
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-
 
 RETRY_AFTER = {"Retry-After": "1"}
 
