@@ -133,7 +133,7 @@ def test_it_probes_upward_only_after_a_calm_busy_stretch_and_never_above_the_set
     t = FakeTime()
     controller = RateController(ceiling=26, remembered=20, clock=t.clock)
     assert controller.rate == 20
-    burst(controller, t, int(PROBE_AFTER * 10), gap=0.1)  # 10/s: half the rate is not using it
+    burst(controller, t, int(PROBE_AFTER * 10) + 100, gap=0.1)  # 40 s at 10/s: half the rate is not using it
     assert controller.rate == 20
     rates = set()
     for _ in range(int(4 * PROBE_AFTER * 20)):
