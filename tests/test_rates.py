@@ -223,6 +223,19 @@ def test_the_limiter_paces_at_the_learned_rate_and_pauses_after_a_throttle():
     assert max_in_window(paced) <= 25
 
 
+def test_the_first_paced_request_is_a_whole_interval_after_the_last_unpaced_one():
+    t = FakeTime()
+    limiter = RateLimiter(None, clock=t.clock, sleep=t.sleep, controller=RateController(clock=t.clock))
+    grants = record_grants(limiter)
+    limiter.acquire()  # unpaced: nothing known yet
+    t.sleep(0.001)
+    limiter.observe(grants[0], 200, {"RateLimit-Limit": "20", "RateLimit-Remaining": "19"})
+    for _ in range(21):
+        limiter.acquire()
+    assert grants[1] - grants[0] >= 1 / (20 * HEADROOM) - 1e-9
+    assert max_in_window(grants) <= 20
+
+
 def test_the_limiter_logs_a_corrected_set_limit_once():
     t = FakeTime()
     said: list[str] = []

@@ -181,6 +181,7 @@ class RateLimiter:
         self._turn = threading.Lock()  # callers wait for their slot one at a time
         self._lock = threading.Lock()  # guards the fields below; never held while sleeping
         self._next_slot = 0.0
+        self._last_grant = float("-inf")
         self._pauses = 0  # bumped by every pause that moved the next slot
         # Called with each grant's time (the clock read under the lock that hands the slot out,
         # the machine schedule's when there is one): what the limit is kept on, for tests and
@@ -226,7 +227,7 @@ class RateLimiter:
 
     def _granted(self, at: float) -> None:
         """Called with the lock held, once per grant."""
-        self._thread.granted = at
+        self._thread.granted = self._last_grant = at
         if self.on_grant is not None:
             self.on_grant(at)
         if self.controller is not None:
@@ -257,6 +258,9 @@ class RateLimiter:
         if change.rate != self.rate:
             self.rate = change.rate
             self.interval = spacing(change.rate)
+            # The next slot is a new interval after the last grant: a vendor paced from now on
+            # (or slower) gets no request early, whatever the old spacing had scheduled.
+            self._next_slot = max(self._next_slot, self._last_grant + self.interval)
         if change.pause > 0:
             until = self._clock() + change.pause
             if until > self._next_slot:
