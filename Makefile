@@ -89,11 +89,15 @@ worker: $(STAMP)
 	$(BIN)/prefect worker start --pool $(INVOICE_SYNC_POOL) --type process
 
 # -- Benchmarks (docs/performance.md) ---------------------------------------------------------
-.PHONY: bench-scale bench-workbooks
+.PHONY: bench-scale bench-rates bench-workbooks
 
 # A million decisions: `validate` and `run --dry-run`, wall time and peak memory.
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py
+
+# Vendors that never said their limit: found, kept to, remembered (docs/rates.md).
+bench-rates: $(STAMP)
+	$(BIN)/python benchmarks/rates.py
 
 # Excel workbooks: python-calamine against openpyxl, and writing a million-row run's results.
 bench-workbooks: $(STAMP)

@@ -119,14 +119,16 @@ def generate_decisions(
 class SandboxProcess:
     """`python -m sandbox` in its own process (server and client do not share a GIL)."""
 
-    def __init__(self, *, latency: float = 0.0) -> None:
+    def __init__(self, *, latency: float = 0.0, limits: tuple[str, ...] = ()) -> None:
         self.latency = latency
+        self.limits = limits  # `--limit VENDOR=RATE[:RETRY_AFTER][:HEADERS]` of the sandbox
         self.proc: subprocess.Popen | None = None
         self.env: dict[str, str] = {}
         self.url = ""
 
     def __enter__(self) -> SandboxProcess:
         cmd = [PYTHON, "-m", "sandbox", "--port", "0", "--auto-create", "--latency", str(self.latency)]
+        cmd += [f"--limit={spec}" for spec in self.limits]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=quiet_env(), stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -149,6 +151,11 @@ class SandboxProcess:
         """(arrival time, method, path) per request the vendor received, in arrival order."""
         with _NO_PROXY.open(f"{self.url}/_sandbox/requests/{vendor}", timeout=30) as answer:
             return [tuple(entry) for entry in json.load(answer)["requests"]]
+
+    def refused_by_limit(self, vendor: str) -> int:
+        """Requests the vendor's own limit (`limits`) answered 429."""
+        with _NO_PROXY.open(f"{self.url}/_sandbox/requests/{vendor}", timeout=30) as answer:
+            return int(json.load(answer).get("refused_by_limit", 0))
 
 
 def max_in_window(times: list[float], width: float = 1.0) -> int:

@@ -42,6 +42,8 @@ class Connector:
     readings: Mapping[ReadingKey, Reading] = READINGS  # a class's table; an instance may refine it
     # Headers carrying the vendor's own id of an answer, first found wins (support asks for it).
     reference_headers: ClassVar[tuple[str, ...]] = ()
+    # Requests a day the vendor documents (the default of <VENDOR>_DAILY_LIMIT); None: none documented.
+    daily_limit: ClassVar[int | None] = None
 
     def __init__(self, settings: VendorSettings) -> None:
         self.settings = settings
@@ -50,7 +52,12 @@ class Connector:
     def settings_from_env(cls, environ: Mapping[str, str] | None = None) -> VendorSettings:
         """This vendor's settings from the environment (or `environ`), as it declares them."""
         return VendorSettings.from_env(
-            cls.name, cls.credential_names, environ, credential_sets=cls.credential_sets, url_names=cls.url_names
+            cls.name,
+            cls.credential_names,
+            environ,
+            credential_sets=cls.credential_sets,
+            url_names=cls.url_names,
+            daily_limit=cls.daily_limit,
         )
 
     # -- hooks ------------------------------------------------------------------------------

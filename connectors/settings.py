@@ -37,6 +37,7 @@ class VendorSettings:
     retry_after_max: float = 120.0  # a vendor's Retry-After is honoured up to this
     problems: tuple[str, ...] = ()  # why the settings are unusable, if they are
     global_limit: str | None = None  # Prefect GCL (rate-limit mode) shared with other workers
+    daily_limit: int | None = None  # requests per UTC day, counted in the ledger across runs; None: no quota
     urls: Mapping[str, str] = field(default_factory=dict)  # more endpoints, e.g. {"TOKEN_URL": ...}; not secrets
     # Saves a credential the vendor replaced (a rotated refresh token) back where it came from:
     # (credential name, new value). Set by the orchestration; None keeps it for this run only.
@@ -55,12 +56,15 @@ class VendorSettings:
         *,
         credential_sets: tuple[tuple[str, ...], ...] = (),
         url_names: tuple[str, ...] = (),
+        daily_limit: int | None = None,
     ) -> VendorSettings:
         """Read `<VENDOR>_*` settings; problems are collected, never raised.
 
         `credential_names` are secrets, `url_names` more endpoints (not secrets). Without
         `credential_sets` every credential is required; with them (ways in, each a tuple of
         names) one set must be complete, and a set given only in part is a problem too.
+        `daily_limit`: the vendor's documented requests per day, unless `<VENDOR>_DAILY_LIMIT`
+        says otherwise (0: none).
         """
         env = os.environ if environ is None else environ
         read = _SettingsReader(vendor.upper(), env)
@@ -86,6 +90,7 @@ class VendorSettings:
             _credential_problems(read.prefix, credential_sets or (credential_names,), {*credentials, *urls})
         )
         rate = read.number("RATE_LIMIT", None)
+        daily = read.whole("DAILY_LIMIT", daily_limit or 0, minimum=0)
         return cls(
             vendor=vendor,
             base_url=base_url,
@@ -99,6 +104,7 @@ class VendorSettings:
             retry_after_max=read.number("RETRY_AFTER_MAX", 120.0),
             problems=tuple(read.problems),
             global_limit=read.text("GLOBAL_LIMIT"),
+            daily_limit=daily or None,
             urls=urls,
         )
 

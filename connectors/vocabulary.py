@@ -38,6 +38,9 @@ class ErrorCode(enum.StrEnum):
     BAD_RESPONSE = "BAD_RESPONSE"  # an answer we cannot read as success or failure
     CONFIG_MISSING = "CONFIG_MISSING"  # the vendor's settings are missing or unusable
     INTERRUPTED = "INTERRUPTED"  # the run was stopped before this row was sent (or answered): the next run sends it
+    QUOTA_EXHAUSTED = (
+        "QUOTA_EXHAUSTED"  # the vendor's daily limit was used up: the next run (that UTC day's over) sends it
+    )
     # Decided by the pipeline before anything is sent.
     INVALID_ROW = "INVALID_ROW"  # the row broke a validation rule
     DUPLICATE_ROW = "DUPLICATE_ROW"  # the same decision appears earlier in the file: sent once

@@ -21,9 +21,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=Path, metavar="FILE", help="CSV: vendor,invoice_id[,status,kind,invoice_number]")
     parser.add_argument("--auto-create", action="store_true", help="create unknown invoices on first request")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="VENDOR=RATE[:RETRY_AFTER][:HEADERS]",
+        help="the vendor enforces RATE requests in any second, unpublished (429 over it; RETRY_AFTER seconds "
+        "if given; HEADERS ietf or x to announce it); repeatable",
+    )
     args = parser.parse_args(argv)
 
     sandbox = Sandbox(port=args.port, auto_create=args.auto_create, latency=args.latency)
+    try:
+        for spec in args.limit:
+            vendor, _, rest = spec.partition("=")
+            rate, _, rest = rest.partition(":")
+            retry_after, _, headers = rest.partition(":")
+            sandbox.enforce_limit(
+                vendor, int(rate), retry_after=float(retry_after) if retry_after else None, headers=headers or None
+            )
+    except ValueError as exc:
+        print(f"sandbox: bad --limit: {exc}", file=sys.stderr)
+        return 2
     seeded = 0
     if args.seed is not None:
         try:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import socket
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -81,6 +83,22 @@ class _Fault:
     invoice_id: str | None
     retry_after: float | None
     delay: float
+
+
+# Rate-limit headers a limited vendor can send on every answer (`Sandbox.enforce_limit`).
+LIMIT_HEADERS = frozenset({"ietf", "x"})
+
+
+@dataclass(slots=True)
+class _Limit:
+    """A vendor's own limit, unpublished: `rate` requests in any `window` seconds, refused ones counted too."""
+
+    rate: int
+    window: float
+    retry_after: float | None
+    headers: str | None
+    arrivals: deque[float] = field(default_factory=deque)  # every request within the window
+    refused: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,6 +321,7 @@ class Sandbox:
         self._in_flight: dict[str, int] = {v: 0 for v in VENDORS}  # requests being handled now
         self._in_flight_max: dict[str, int] = {v: 0 for v in VENDORS}  # high-water mark since reset
         self._portal_log: list[tuple[float, str, str]] = []
+        self._limits: dict[str, _Limit] = {}  # vendors that enforce a rate limit of their own
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -455,7 +474,8 @@ class Sandbox:
         with self.lock:
             log = list(self._logs[vendor])
             high = self._in_flight_max[vendor]
-        return json_reply(200, {"vendor": vendor, "requests": log, "max_in_flight": high})
+            refused = self._limits[vendor].refused if vendor in self._limits else 0
+        return json_reply(200, {"vendor": vendor, "requests": log, "max_in_flight": high, "refused_by_limit": refused})
 
     def _enter(self, vendor: str) -> None:
         with self.lock:
@@ -495,10 +515,74 @@ class Sandbox:
             self.tokens.clear()
             self.refresh_tokens = self._initial_refresh_tokens()
             self._portal_log.clear()
+            self._limits.clear()
             for v in VENDORS:
                 self._faults[v].clear()
                 self._logs[v].clear()
                 self._in_flight_max[v] = self._in_flight[v]
+
+    # -- the vendors' own rate limits -------------------------------------------------------
+    def enforce_limit(
+        self,
+        vendor: str,
+        rate: int,
+        *,
+        window: float = 1.0,
+        retry_after: float | None = None,
+        headers: str | None = None,
+    ) -> None:
+        """Make the vendor enforce a limit it does not publish: at most `rate` requests in any
+        `window` seconds (sliding), counting the requests it refuses too, as many APIs do; over
+        it, 429 (with `Retry-After` when `retry_after` is given). `headers`: also send the
+        limit on every answer, as the IETF draft's `RateLimit-Limit`/`-Remaining`/`-Reset`
+        ("ietf", reset in seconds) or as `X-RateLimit-*` ("x", reset as a Unix time). Off by
+        default; `reset()` lifts every limit."""
+        vendor = self._vendor(vendor)
+        if rate < 1 or window <= 0:
+            raise ValueError("a limit needs rate >= 1 and window > 0")
+        if headers is not None and headers not in LIMIT_HEADERS:
+            raise ValueError(f"headers must be one of {sorted(LIMIT_HEADERS)} or None")
+        with self.lock:
+            self._limits[vendor] = _Limit(int(rate), float(window), retry_after, headers)
+
+    def refused_by_limit(self, vendor: str) -> int:
+        """How many requests the vendor's own limit refused (429) since it was set."""
+        with self.lock:
+            limit = self._limits.get(self._vendor(vendor))
+            return limit.refused if limit else 0
+
+    def _over_limit(self, vendor: str, arrived: float) -> tuple[bool, tuple[tuple[str, str], ...]]:
+        """Count this request against the vendor's limit: (refused?, the rate-limit headers to send)."""
+        with self.lock:
+            limit = self._limits.get(vendor)
+            if limit is None:
+                return False, ()
+            arrivals = limit.arrivals
+            while arrivals and arrivals[0] <= arrived - limit.window:
+                arrivals.popleft()
+            refused = len(arrivals) >= limit.rate
+            arrivals.append(arrived)  # a refused request counts too
+            limit.refused += refused
+            used, oldest = len(arrivals), arrivals[0]
+        headers: tuple[tuple[str, str], ...] = ()
+        if refused and limit.retry_after is not None:
+            headers = (("Retry-After", _seconds(limit.retry_after)),)
+        if limit.headers is not None:
+            remaining = max(0, limit.rate - used)
+            reset = max(0.0, oldest + limit.window - arrived)  # when the oldest request leaves the window
+            if limit.headers == "ietf":
+                headers += (
+                    ("RateLimit-Limit", str(limit.rate)),
+                    ("RateLimit-Remaining", str(remaining)),
+                    ("RateLimit-Reset", str(math.ceil(reset))),
+                )
+            else:
+                headers += (
+                    ("X-RateLimit-Limit", str(limit.rate)),
+                    ("X-RateLimit-Remaining", str(remaining)),
+                    ("X-RateLimit-Reset", str(math.ceil(time.time() + reset))),
+                )
+        return refused, headers
 
     # -- faults ------------------------------------------------------------------------------
     def inject(
@@ -587,6 +671,23 @@ class Sandbox:
         vendor = api.name
         with self.lock:
             self._logs[vendor].append((arrived, method, path))  # no query: tokens stay out
+        if self._limits:
+            refused, limit_headers = self._over_limit(vendor, arrived)
+            if refused:
+                return api.error_reply(429, limit_headers)
+            if limit_headers:
+                reply = self._answer(api, method, path, query, body, headers, client_ip)
+                if reply is None:
+                    return reply
+                status, data, sent, ctype = reply
+                return status, data, sent + limit_headers, ctype
+        return self._answer(api, method, path, query, body, headers, client_ip)
+
+    def _answer(
+        self, api: VendorAPI, method: str, path: str, query: str, body: bytes, headers: RequestHeaders, client_ip: str
+    ) -> Reply | None:
+        """The vendor's answer to a request its limit let through."""
+        vendor = api.name
         if self.latency:
             time.sleep(self.latency)
         for route in api.routes:

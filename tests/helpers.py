@@ -5,6 +5,7 @@ from __future__ import annotations
 import json as jsonlib
 import os
 from bisect import bisect_left
+from pathlib import Path
 
 import pytest
 from urllib3 import HTTPHeaderDict
@@ -79,6 +80,60 @@ def max_in_window(times: list[float], width: float = 1.0) -> int:
             first += 1
         best = max(best, i - first + 1)
     return best
+
+
+class FakeTime:
+    """A clock and a sleep for the limiters and the rate controller: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+# The sandbox runs in the test process: its handler threads share the GIL (and, with other
+# processes, two cores) with the senders, so it stamps a request's arrival late by up to tens
+# of ms under load, and several requests sent on their evenly spaced slots can be stamped a
+# few ms apart. Arrival-side checks allow this much of it: the window they count in is this
+# much shorter than a second. What must hold exactly is checked at the send side, on the
+# limiter's grant times (`record_grants`, `grant_log_env`), with the full second.
+SANDBOX_JITTER = 0.020
+
+
+def max_arrivals_in_window(times: list[float], width: float = 1.0) -> int:
+    """`max_in_window` over the sandbox's arrival stamps, allowing `SANDBOX_JITTER` on them."""
+    return max_in_window(times, width - SANDBOX_JITTER)
+
+
+def record_grants(limiter, grants: list[float] | None = None) -> list[float]:
+    """The grant times of a RateLimiter (or a GlobalRateLimiter's local one), appended as they happen."""
+    grants = [] if grants is None else grants
+    getattr(limiter, "local", limiter).on_grant = grants.append  # list.append is atomic: senders share it
+    return grants
+
+
+GRANT_LOG_HOOK = Path(__file__).resolve().parent / "grant_log"
+
+
+def grant_log_env(path: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Settings for a process the test starts that record its limiters' grants in `path` (tests/grant_log)."""
+    base = (environ if environ is not None else os.environ).get("PYTHONPATH", "")
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in (str(GRANT_LOG_HOOK), base) if p),
+        "INVOICE_SYNC_TEST_GRANT_LOG": str(path),
+    }
+
+
+def read_grants(path: Path, vendor: str = "alfred") -> list[float]:
+    """One vendor's grant times that `grant_log_env` processes wrote (every process's, one machine-wide clock)."""
+    if not path.exists():
+        return []
+    lines = (line.split() for line in path.read_text().splitlines())
+    return sorted(float(at) for name, at in lines if name == vendor)
 
 
 def invoice_id_for(vendor: str, i: int) -> str:

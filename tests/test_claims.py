@@ -21,7 +21,14 @@ import pytest
 from connectors.sending.ratelimit import MachineSchedule
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
 from flows.state.ledger import ClaimHolder, Ledger, holder_is_gone
-from tests.helpers import max_in_window, seed_approvals
+from tests.helpers import (
+    grant_log_env,
+    max_arrivals_in_window,
+    max_in_window,
+    read_grants,
+    record_grants,
+    seed_approvals,
+)
 from tests.test_ledger import _cli, changing_requests, postgres_url  # noqa: F401 - a fixture, used by name
 
 RATE = 20  # alfred requests per second, for both runs together
@@ -142,15 +149,14 @@ def test_a_machine_schedule_spaces_two_limiters_as_one(tmp_path):
 
     limiters = [RateLimiter(50, machine=MachineSchedule(tmp_path / "alfred.slot")) for _ in range(2)]
     times: list[float] = []
-    lock = threading.Lock()
+    for limiter in limiters:
+        record_grants(limiter, times)
     barrier = threading.Barrier(2)
 
     def send(limiter: RateLimiter) -> None:
         barrier.wait()
         for _ in range(60):
             limiter.acquire()
-            with lock:
-                times.append(time.monotonic())
 
     _together([lambda limiter=limiter: send(limiter) for limiter in limiters])
     for limiter in limiters:
@@ -243,6 +249,7 @@ def test_two_runs_at_once_send_each_decision_once_within_one_rate(sandbox, tmp_p
         paths = [_write(rows[:ROWS], tmp_path / "a.csv"), _write(rows[ROWS:], tmp_path / "b.csv")]
         opener = {r["invoice_id"] for r in rows[ROWS:]}
     env = _env(tmp_path, ledger_env)
+    env.update(grant_log_env(tmp_path / "grants.log", env))  # both runs' grant times, one machine-wide clock
     args = ["--no-progress", "--chunk-size", "40"]  # 2 chunks in flight per vendor: 80 rows claimed at once
     with Gate(sandbox, hold_after=20, opener=opener) as gate:
         first = _cli(["run", str(paths[0]), "--out", str(tmp_path / "r1"), *args], env)
@@ -274,7 +281,10 @@ def test_two_runs_at_once_send_each_decision_once_within_one_rate(sandbox, tmp_p
         assert set(succeeded[0]) | set(succeeded[1]) == {r["invoice_id"] for r in rows}
     # both sent at once after the gate opened, and never above the limit together
     arrivals = [t for t, _, p in sandbox.request_log("alfred")]
-    assert max_in_window(arrivals) <= RATE, (_busiest_second(arrivals), gate.opened_at, sorted(arrivals)[:3])
+    grants = read_grants(tmp_path / "grants.log")
+    assert len(grants) == len(arrivals)  # every request the two runs sent took a slot of the one schedule
+    assert max_in_window(grants) <= RATE, _busiest_second(grants)  # exactly, where the limit is kept
+    assert max_arrivals_in_window(arrivals) <= RATE, (_busiest_second(arrivals), gate.opened_at, sorted(arrivals)[:3])
     starts = [r.loc[r["outcome"] == "succeeded", "finished_at"] for r in results]
     assert starts[1].min() < starts[0].max()  # the two runs' answers interleave
 

@@ -22,12 +22,28 @@ import pytest
 
 from connectors.registry import CONNECTORS
 from connectors.sending.client import VendorClient
-from connectors.sending.ratelimit import HEADROOM, GlobalLimitError, GlobalRateLimiter, RateLimiter, limiter_for
+from connectors.sending.ratelimit import (
+    HEADROOM,
+    SHARED_HEADROOM,
+    GlobalLimitError,
+    GlobalRateLimiter,
+    MachineSchedule,
+    RateLimiter,
+    limiter_for,
+)
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, Outcome
 from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
 from sandbox import Sandbox
-from tests.helpers import FAKE_ENV, max_in_window
+from tests.helpers import (
+    FAKE_ENV,
+    FakeTime,
+    grant_log_env,
+    max_arrivals_in_window,
+    max_in_window,
+    read_grants,
+    record_grants,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +69,11 @@ def decisions(n: int, prefix: str = "INV", vendor: str = "alfred") -> list[Decis
     return [Decision(i + 1, f"{prefix}-{i:05d}", vendor, "approve") for i in range(n)]
 
 
-def send(n: int, prefix: str = "INV") -> list:
+def send(n: int, prefix: str = "INV", grants: list[float] | None = None) -> list:
+    """Send `n` decisions; `grants`, if given, receives the limiter's grant times."""
     client = make_client()
+    if grants is not None:
+        record_grants(client.limiter, grants)
     try:
         return client.send_many(decisions(n, prefix))
     finally:
@@ -82,19 +101,23 @@ def test_max_in_window_helper():
 
 def test_rate_limit_is_never_exceeded_and_nearly_reached(sandbox, monkeypatch):
     monkeypatch.setenv("ALFRED_RATE_LIMIT", "50")
-    results = send(150)
+    grants: list[float] = []
+    results = send(150, grants=grants)
     assert {r.outcome for r in results} == {Outcome.SUCCEEDED}
     times = arrivals(sandbox)
-    assert len(times) == 150
-    assert max_in_window(times) <= 50
+    assert len(times) == 150 == len(grants)
+    assert max_in_window(grants) <= 50  # exactly, where the limit is kept
+    assert max_arrivals_in_window(times) <= 50  # and at the vendor, but for the sandbox's clock jitter
     assert achieved_rate(times) >= 0.9 * 50
 
 
 def test_a_fractional_rate_limit_counts_whole_requests(sandbox, monkeypatch):
     monkeypatch.setenv("ALFRED_RATE_LIMIT", "12.5")
-    send(40)
+    grants: list[float] = []
+    send(40, grants=grants)
     times = arrivals(sandbox)
-    assert max_in_window(times) <= 12  # 12.5 per second: never 13 in one second
+    assert max_in_window(grants) <= 12  # 12.5 per second: never 13 in one second
+    assert max_arrivals_in_window(times) <= 12
     assert achieved_rate(times) >= 0.9 * 12.5
 
 
@@ -111,7 +134,8 @@ def test_a_429_slows_the_whole_vendor_then_it_recovers(sandbox, monkeypatch, ret
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     sandbox.inject("alfred", "429", retry_after=retry_after)  # the first request to arrive
-    results = send(100)
+    grants: list[float] = []
+    results = send(100, grants=grants)
 
     assert {r.outcome for r in results} == {Outcome.SUCCEEDED}
     assert sorted(r.attempts for r in results)[-2:] == [1, 2]  # one row retried once
@@ -121,7 +145,8 @@ def test_a_429_slows_the_whole_vendor_then_it_recovers(sandbox, monkeypatch, ret
     # Requests that already held a slot (one per sending thread, at most ~0.15 s of them) may
     # still go out; after that the vendor is quiet until the pause ends.
     assert not [t for t in times if throttled + 0.25 < t < throttled + quiet]
-    assert max_in_window(times) <= 50
+    assert max_in_window(grants) <= 50
+    assert max_arrivals_in_window(times) <= 50
     resumed = [t for t in times if t >= throttled + quiet]
     assert len(resumed) > 50
     assert achieved_rate(resumed) >= 0.9 * 50  # back to full speed, not stuck slow
@@ -131,12 +156,14 @@ def test_retries_take_slots_like_any_request(sandbox, monkeypatch):
     monkeypatch.setenv("ALFRED_RATE_LIMIT", "50")
     monkeypatch.setenv("ALFRED_MAX_ATTEMPTS", "10")
     sandbox.inject("alfred", "429", times=24, retry_after=0)  # retried at once: no pause
-    results = send(100)
+    grants: list[float] = []
+    results = send(100, grants=grants)
     assert {r.outcome for r in results} == {Outcome.SUCCEEDED}
     assert sum(r.attempts for r in results) == 124
     times = arrivals(sandbox)
-    assert len(times) == 124
-    assert max_in_window(times) <= 50
+    assert len(times) == 124 == len(grants)  # every retry took a slot of its own
+    assert max_in_window(grants) <= 50
+    assert max_arrivals_in_window(times) <= 50
     assert achieved_rate(times) >= 0.9 * 50
 
 
@@ -156,18 +183,87 @@ def test_slow_answers_do_not_raise_concurrency(sandbox, monkeypatch):
     assert sandbox.max_in_flight("alfred") == 4
 
 
+# -- the local limiter and the machine schedule on a fake clock ----------------------------------
+
+
+class PausedWhileTaking(MachineSchedule):
+    """A machine schedule during whose `take` a 429 comes in on another thread (it pauses the limiter)."""
+
+    limiter: RateLimiter
+    pause_at: float | None = None
+
+    def take(self, clock, interval):
+        if self.pause_at is None:
+            self.pause_at = clock()
+            self.limiter.pause(1.0)
+        return super().take(clock, interval)
+
+
+def test_a_pause_while_a_caller_takes_the_machine_slot_holds_that_caller_back(tmp_path):
+    t = FakeTime()
+    schedule = PausedWhileTaking(tmp_path / "alfred.slot")
+    limiter = RateLimiter(50, clock=t.clock, sleep=t.sleep, machine=schedule)
+    schedule.limiter = limiter
+    grants = record_grants(limiter)
+    for _ in range(3):
+        limiter.acquire()
+    limiter.close()
+    # The 429 came in before the first caller had its slot: nothing is handed out for a second.
+    assert schedule.pause_at is not None and min(grants) >= schedule.pause_at + 1.0
+    assert min(b - a for a, b in itertools.pairwise(grants)) >= 1 / (50 * HEADROOM) - 1e-9
+
+
+def test_retry_after_zero_holds_no_caller_back_and_keeps_the_spacing():
+    t = FakeTime()
+    interval = 1 / (50 * HEADROOM)
+
+    def late_sleep(seconds: float) -> None:  # every caller wakes 2 ms late, and meanwhile
+        t.sleep(seconds + 0.002)
+        limiter.pause(0)  # another sender's 429 said Retry-After: 0
+
+    limiter = RateLimiter(50, clock=t.clock, sleep=late_sleep)
+    grants = record_grants(limiter)
+    for _ in range(6):
+        limiter.acquire()
+    # Late within LATE_TOLERANCE, the slots stay on their grid: "retry at once" is no pause.
+    assert [b - a for a, b in itertools.pairwise(grants)][1:] == pytest.approx([interval] * 4)
+    assert limiter._pauses == 0
+
+
+def two_processes(tmp_path):
+    """Two machine schedules on one file as two processes would hold them (their own PIDs)."""
+    a, b = MachineSchedule(tmp_path / "v.slot"), MachineSchedule(tmp_path / "v.slot")
+    a._pid, b._pid = 1001, 1002
+    return a, b
+
+
+def take_when_due(schedule: MachineSchedule, t: FakeTime, interval: float) -> float:
+    while True:
+        wait, granted = schedule.take(t.clock, interval)
+        if not wait:
+            return granted
+        t.sleep(wait)
+
+
+def test_the_machine_schedule_stays_widened_while_another_process_sends(tmp_path):
+    t = FakeTime()
+    a, b = two_processes(tmp_path)
+    interval = 1 / (20 * HEADROOM)
+    wide = 1 / (20 * SHARED_HEADROOM)
+    taken = [take_when_due(b, t, interval)]  # the other process sent
+    for _ in range(5):  # then this one takes several slots in a row, each the moment it is due
+        taken.append(take_when_due(a, t, interval))
+    gaps = [b_ - a_ for a_, b_ in itertools.pairwise(taken)]
+    assert gaps[0] <= interval  # b was alone when it took its slot
+    assert gaps[1:] == pytest.approx([wide] * 4)  # within a second of b's slot: still shared
+    t.sleep(1.5)  # b has been silent for over a second: a is alone again
+    again = [take_when_due(a, t, interval) for _ in range(4)]
+    assert [y - x for x, y in itertools.pairwise(again)][1:] == pytest.approx([interval] * 2)
+    a.close()
+    b.close()
+
+
 # -- the shared (GCL) limiter, unit level ------------------------------------------------------
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
 
 
 class FakeGCL:
@@ -318,6 +414,7 @@ def test_two_workers_share_one_gcl_rate_limit(sandbox, tmp_path):
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PYTHONPATH": str(REPO_ROOT),
         "ALFRED_GLOBAL_LIMIT": name,  # no ALFRED_RATE_LIMIT: each worker spaces at the shared rate
+        **grant_log_env(tmp_path / "grants.log", {"PYTHONPATH": str(REPO_ROOT)}),
     }
     workers = [
         subprocess.Popen(
@@ -354,7 +451,10 @@ def test_two_workers_share_one_gcl_rate_limit(sandbox, tmp_path):
         f"shared limit {SHARED_RATE}/s: max {max_in_window(times)} in 1 s, achieved {achieved_rate(times):.1f}/s, "
         f"workers sending together for {overlap:.2f} s"
     )
-    assert max_in_window(times) <= SHARED_RATE  # combined, never over the shared limit
+    grants = read_grants(tmp_path / "grants.log")
+    assert len(grants) == 2 * PER_WORKER
+    assert max_in_window(grants) <= SHARED_RATE  # combined, never over the shared limit
+    assert max_arrivals_in_window(times) <= SHARED_RATE
     # Both were released at the same moment and each, alone, would send at the full shared rate:
     # the two together stayed under it only because every request took a slot of the one GCL,
     # so the whole took at least as long as the shared rate allows for both workers' requests.

@@ -35,7 +35,7 @@ import requests
 
 from flows.orchestration.temporary_server import free_port
 from sandbox import Sandbox
-from tests.helpers import in_ci, max_in_window, missing
+from tests.helpers import grant_log_env, in_ci, max_arrivals_in_window, max_in_window, missing, read_grants
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -333,6 +333,7 @@ def scale_out_run(server, deployed, tmp_path_factory):
                 "ALFRED_BACKOFF_INITIAL": "0.05",
                 # A request held at the barrier is waiting for its answer: it must not time out.
                 "ALFRED_TIMEOUT": str(barrier.timeout + 60),
+                **grant_log_env(root / "grants.log", server.env),  # both flow runs' grant times
             }
             parameters = {"inbox": str(inbox), "settle_seconds": 0, "max_files": 1}
             runs = [
@@ -360,6 +361,7 @@ def scale_out_run(server, deployed, tmp_path_factory):
         "changes": changes,
         "gcl": gcl,
         "barrier": barrier,
+        "grants": read_grants(root / "grants.log"),
     }
 
 
@@ -406,11 +408,15 @@ def test_two_workers_two_runs_one_shared_rate(server, scale_out_run):
     barrier = scale_out_run["barrier"]
     spans = [b - a for a, b in zip(alfred, alfred[SHARED_RATE:], strict=False)]  # SHARED_RATE + 1 arrivals in a row
     print(
-        f"scale-out: overlap {overlap:.2f} s, max {max_in_window(alfred)} in 1 s, "
+        f"scale-out: overlap {overlap:.2f} s, max {max_in_window(alfred)} arrivals "
+        f"({max_in_window(scale_out_run['grants'])} grants) in 1 s, "
         f"shortest span of {SHARED_RATE + 1} arrivals {min(spans):.3f} s, "
         f"first requests {abs(barrier.first['A'] - barrier.first['B']):.2f} s apart, {barrier.held} held at the barrier"
     )
-    assert max_in_window(alfred) <= SHARED_RATE, max_in_window(alfred)
+    grants = scale_out_run["grants"]
+    assert len(grants) == len(alfred)  # every request took a slot where the limit is kept
+    assert max_in_window(grants) <= SHARED_RATE, max_in_window(grants)  # exactly, at the send side
+    assert max_arrivals_in_window(alfred) <= SHARED_RATE, max_in_window(alfred)  # at the vendor, but for jitter
     # ... while both really sent at the same time: both runs' first requests arrived before
     # either got an answer (the barrier), so each run still had nearly all its rows to send
     assert not barrier.timed_out, f"only {barrier.timed_out} had started sending after {barrier.timeout} s"

@@ -36,6 +36,7 @@ from connectors.connector import Connector
 from connectors.reading import Action, Verdict
 from connectors.redact import redact
 from connectors.sending.http import Http
+from connectors.sending.quota import DailyQuota
 from connectors.sending.ratelimit import GlobalRateLimiter, RateLimiter, limiter_for
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
 from connectors.wire import Request, Response, is_absolute
@@ -54,6 +55,10 @@ class _StoppedBeforeSending(Exception):
     """The run's stop was set while this request waited for its slot: it is not sent."""
 
 
+class _QuotaExhausted(Exception):
+    """The vendor's daily quota is used up: this request is not sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One try: the classified answer and the HTTP status, if there was one."""
@@ -65,6 +70,7 @@ class Attempt:
 
 
 _STOPPED_BEFORE_SENDING = Verdict(Action.FAIL, ErrorCode.INTERRUPTED, message="the run was stopped")
+_QUOTA_USED_UP = Verdict(Action.FAIL, ErrorCode.QUOTA_EXHAUSTED, message="the daily quota is used up")
 
 
 class BackoffWait(wait_base):
@@ -103,8 +109,10 @@ class VendorClient:
         sleep: Callable[[float], None] | None = None,
         stop: threading.Event | None = None,
         stop_grace: float = STOP_GRACE,
+        quota: DailyQuota | None = None,
     ) -> None:
         settings = connector.settings
+        self.quota = quota  # the vendor's daily limit, counted with every other run (None: no quota)
         self.connector = connector
         self.vendor = connector.name
         self.settings = settings
@@ -231,6 +239,8 @@ class VendorClient:
             return self._interrupted(decision)
         if self._stopped is not None:
             return self._not_sent(decision)
+        if self.quota is not None and self.quota.exhausted_on is not None:
+            return self._quota_used_up(decision)
         try:
             request = self.connector.build_request(decision)
         except (ValueError, KeyError) as exc:
@@ -238,6 +248,8 @@ class VendorClient:
                 decision, Attempt(Verdict(Action.FAIL, ErrorCode.INVALID_ROW, message=str(exc)), None), 0
             )
         attempt, attempts, reference, answered = self._try(request, self.connector.classify)
+        if not attempt.sent and attempt.verdict.error_code is ErrorCode.QUOTA_EXHAUSTED:
+            return self._quota_used_up(decision, attempts - 1, answered)
         if not attempt.sent and attempt.verdict.error_code is ErrorCode.INTERRUPTED:
             return self._interrupted(decision, attempts - 1, answered)  # the run stopped before this try
         if not attempt.sent:  # another row found the credentials refused while this one waited
@@ -271,6 +283,8 @@ class VendorClient:
         attempt, reads, reference, _ = self._try(request, partial(self.connector.classify_read, decision))
         reference = redact(reference) if reference else None
         verdict = attempt.verdict
+        if not attempt.sent and verdict.error_code is ErrorCode.QUOTA_EXHAUSTED:
+            return VendorCheck(row, WouldChange.UNKNOWN, message=f"not read: {self._quota_text()}")
         if (not attempt.sent and verdict.error_code is ErrorCode.INTERRUPTED) or (
             verdict.action in (Action.RETRY, Action.REAUTH) and self.run_stop.is_set()
         ):
@@ -295,6 +309,8 @@ class VendorClient:
         self._pool.shutdown(wait=not self.run_stop.is_set())
         self.http.close()
         self.limiter.close()
+        if self.quota is not None:
+            self.quota.close()  # what was counted but not sent goes back to the day's count
 
     # -- internals --------------------------------------------------------------------------
     def _backoff(self, seconds: float) -> None:
@@ -341,6 +357,8 @@ class VendorClient:
             response = self._send_raw(authed)
         except _StoppedBeforeSending:
             return Attempt(_STOPPED_BEFORE_SENDING, None, sent=False)
+        except _QuotaExhausted:
+            return Attempt(_QUOTA_USED_UP, None, sent=False)
         except Exception as exc:  # every failure becomes a Verdict; nothing escapes a row
             return Attempt(classify(request, error=exc), None)
         verdict = classify(request, response=response)
@@ -349,10 +367,13 @@ class VendorClient:
         return Attempt(verdict, response.status_code, reference=self.connector.vendor_reference(response))
 
     def _send_raw(self, request: Request) -> Response:
+        if self.quota is not None and not self.quota.take():  # every request counts: retries, tokens, reads
+            raise _QuotaExhausted
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too
+        granted_at = self.limiter.granted_at
         if self.run_stop.is_set():  # the stop came while this request waited for its slot
             raise _StoppedBeforeSending
-        return self.http.request(
+        response = self.http.request(
             request.method,
             request.path if is_absolute(request.path) else self.base_url + request.path,
             params=request.params or None,
@@ -361,6 +382,8 @@ class VendorClient:
             headers=request.headers or None,
             timeout=self.settings.timeout,
         )
+        self.limiter.observe(granted_at, response.status_code, response.headers)  # how the rate is learned
+        return response
 
     def _stop(self, decision: Decision, verdict: Verdict) -> None:
         with self._stop_lock:
@@ -402,6 +425,28 @@ class VendorClient:
             ErrorCode.INTERRUPTED,
             None,
             redact(message),
+            attempts,
+            datetime.now(UTC),
+        )
+
+    def _quota_text(self) -> str:
+        quota = cast(DailyQuota, self.quota)
+        day = quota.exhausted_on or quota.resets_at().date()
+        return (
+            f"{self.vendor}'s daily limit of {quota.limit:,} requests is used up for {day:%Y-%m-%d} (UTC); "
+            f"it resets at {quota.resets_at():%Y-%m-%d %H:%M} UTC"
+        )
+
+    def _quota_used_up(self, decision: Decision, attempts: int = 0, last: Attempt | None = None) -> RowResult:
+        """A row the vendor's daily quota caught before it was sent, or between two of its tries."""
+        what = f"retries stopped after {attempts} attempts" if attempts else "not sent"
+        return RowResult(
+            decision.row_number,
+            Outcome.FAILED,
+            last.http_status if attempts and last is not None and last.sent else None,
+            ErrorCode.QUOTA_EXHAUSTED,
+            None,
+            f"{what}: {self._quota_text()}; the next run after that sends it",
             attempts,
             datetime.now(UTC),
         )

@@ -33,11 +33,12 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
 from connectors.errors import GlobalLimitError
+from connectors.sending.adaptive import RateChange, RateController
 
 try:
     import fcntl
@@ -73,17 +74,20 @@ def spacing(rate: float | None) -> float:
 class MachineSchedule:
     """One vendor's next free send slot, shared by every process on this machine.
 
-    A file of 16 bytes (the slot, in seconds of the machine-wide monotonic clock, and the PID
-    that set it) that a process locks (`flock`) only while it reads and moves it: a few
-    microseconds, never while it sleeps, so a stopped or killed process holds nothing up (the
-    kernel drops a dead process's lock). A slot is taken only when it is due, and the next one
-    is due an interval after it, by a process's own rule (late by more than `LATE_TOLERANCE`
-    moves the schedule with the caller).
+    A file of 24 bytes (the slot, in seconds of the machine-wide monotonic clock; the PID that
+    set it; until when the schedule is shared) that a process locks (`flock`) only while it
+    reads and moves it: a few microseconds, never while it sleeps, so a stopped or killed
+    process holds nothing up (the kernel drops a dead process's lock). A slot is taken only
+    when it is due, and the next one is due an interval after it, by a process's own rule (late
+    by more than `LATE_TOLERANCE` moves the schedule with the caller).
 
-    While another process took the last slot, the interval is widened to `SHARED_HEADROOM` of
-    the rate, from the later of due and taken (no catch-up): the trips from different processes to the vendor vary independently (on a busy
-    machine one waits tens of ms for a core after its slot), and a late arrival at the start
-    of a second must not let one more in at its end. A process alone keeps its own spacing.
+    From a slot taken by another process on, and for the second after the last such slot, the
+    schedule is shared: every interval is widened to `SHARED_HEADROOM` of the rate, from the
+    later of due and taken (no catch-up), whoever takes it, including a process that takes
+    several slots in a row. The trips from different processes to the vendor vary
+    independently (on a busy machine one waits tens of ms for a core after its slot), and a
+    late arrival at the start of a second must not let one more in at its end. A process that
+    has been alone for a second keeps its own spacing.
     """
 
     def __init__(self, path: Path) -> None:
@@ -98,24 +102,29 @@ class MachineSchedule:
         digest = hashlib.sha256(base_url.encode()).hexdigest()[:16]
         return cls(folder / f"{vendor}-{digest}.slot")
 
-    def take(self, clock: Callable[[], float], interval: float) -> float:
-        """Take the slot if it is due now (returns 0.0); otherwise the seconds until it is."""
+    def take(self, clock: Callable[[], float], interval: float) -> tuple[float, float]:
+        """Take the slot if it is due now: (0.0, the time it was taken); otherwise (seconds until it is, 0.0)."""
         assert fcntl is not None  # limiter_for builds none without it
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             now = clock()  # read under the lock: never older than the slot another process just wrote
-            raw = os.pread(self._fd, 16, 0)
-            due, pid = struct.unpack("dq", raw) if len(raw) == 16 else (0.0, 0)
-            shared = pid != self._pid and now - due < 1.0  # another process sent within the last second
-            gap = interval * HEADROOM / SHARED_HEADROOM if shared else interval
-            if due - now > gap + 1e-6:
-                due = 0.0  # written before a reboot (the clock restarted), or garbage: not a slot
+            raw = os.pread(self._fd, 24, 0)
+            due, pid, shared_until = struct.unpack("dqd", raw) if len(raw) == 24 else (0.0, 0, 0.0)
+            if pid != self._pid and now - due < 1.0:  # another process sent within the last second
+                shared_until = max(shared_until, now + 1.0)
+            shared = now < shared_until
+            wide = interval * HEADROOM / SHARED_HEADROOM
+            gap = wide if shared else interval
+            # The widest gap any process of this rate writes bounds a real slot: further away it
+            # was written before a reboot (the clock restarted), or is garbage.
+            if due - now > wide + 1e-6:
+                due, shared_until = 0.0, 0.0
             if due > now:
-                return due - now
+                return due - now, 0.0
             # Alone, a late caller catches up within LATE_TOLERANCE, exactly as its own RateLimiter does.
             taken = max(due, now) if shared else max(due, now - LATE_TOLERANCE)
-            os.pwrite(self._fd, struct.pack("dq", taken + gap, self._pid), 0)
-            return 0.0
+            os.pwrite(self._fd, struct.pack("dqd", taken + gap, self._pid, shared_until), 0)
+            return 0.0, now
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -140,6 +149,8 @@ class RateLimiter:
 
     `machine`: the schedule this vendor's rate is shared through with the other processes on
     this machine. `stop`: once set, `acquire()` returns at once (the caller sends nothing).
+    `controller`: learns the rate from the vendor's answers (`observe`), from `rate` as its
+    ceiling (connectors.sending.adaptive); `log` hears once when it corrects a set limit down.
     """
 
     def __init__(
@@ -150,9 +161,19 @@ class RateLimiter:
         sleep: Callable[[float], object] | None = None,
         machine: MachineSchedule | None = None,
         stop: threading.Event | None = None,
+        controller: RateController | None = None,
+        name: str = "",
+        log: Callable[[str], object] | None = None,
     ) -> None:
+        self.controller = controller
+        if controller is not None:
+            rate = controller.rate
         self.rate = rate
         self.interval = spacing(rate)
+        self.name = name
+        self.log = log
+        self._logged_correction = False
+        self._thread = threading.local()  # each sending thread's last grant time
         self.machine = machine
         self._stop = stop
         self._clock = clock
@@ -160,13 +181,20 @@ class RateLimiter:
         self._turn = threading.Lock()  # callers wait for their slot one at a time
         self._lock = threading.Lock()  # guards the fields below; never held while sleeping
         self._next_slot = 0.0
+        self._last_grant = float("-inf")
         self._pauses = 0  # bumped by every pause that moved the next slot
+        # Called with each grant's time (the clock read under the lock that hands the slot out,
+        # the machine schedule's when there is one): what the limit is kept on, for tests and
+        # the benchmark.
+        self.on_grant: Callable[[float], None] | None = None
 
     def acquire(self) -> float:
         """Wait for this caller's slot; returns how long it waited."""
         if not self.interval:  # no spacing: only a pause can hold the caller back
             with self._lock:
-                if self._next_slot <= self._clock():
+                now = self._clock()
+                if self._next_slot <= now:
+                    self._granted(now)
                     return 0.0
         waited = 0.0
         with self._turn:
@@ -178,23 +206,74 @@ class RateLimiter:
                 if slot > now:
                     self._sleep(slot - now)
                     waited += slot - now
-                with self._lock:
-                    if self._pauses != pauses:
-                        continue  # a 429 came in while we waited: wait for the pause too
+                granted = 0.0
                 if self.machine is not None and self.interval:
-                    due_in = self.machine.take(self._clock, self.interval)
+                    due_in, granted = self.machine.take(self._clock, self.interval)
                     if due_in > 0:  # another process on this machine has the slot: wait for the next
                         self._sleep(due_in)
                         waited += due_in
                         continue
+                # One lock from the pause check to the next slot: a pause that comes in while
+                # this caller waited or took the machine's slot is never overwritten.
                 with self._lock:
-                    late = self._clock() - slot
+                    if self._pauses != pauses:
+                        continue  # a 429 came in while we waited: wait for the pause too (a machine slot taken is left unused)
+                    now = granted or self._clock()
+                    late = now - slot
                     self._next_slot = slot + self.interval + max(0.0, late - LATE_TOLERANCE)
+                    self._granted(now)
                     return waited
         return waited  # stopped: the caller sends nothing
 
+    def _granted(self, at: float) -> None:
+        """Called with the lock held, once per grant."""
+        self._thread.granted = self._last_grant = at
+        if self.on_grant is not None:
+            self.on_grant(at)
+        if self.controller is not None:
+            change = self.controller.granted(at)
+            if change is not None:
+                self._apply(change)
+
+    @property
+    def granted_at(self) -> float:
+        """When this thread's last slot was granted (by this limiter's clock)."""
+        return getattr(self._thread, "granted", 0.0)
+
+    def observe(self, granted_at: float, status: int, headers: Mapping[str, str]) -> None:
+        """The vendor's answer to a request granted at `granted_at`: the controller, if any, learns from it."""
+        if self.controller is None:
+            return
+        with self._lock:
+            change = self.controller.answered(granted_at, status, headers)
+            if change is not None:
+                self._apply(change)
+            correction = self.controller.corrected if not self._logged_correction else None
+            self._logged_correction = self._logged_correction or correction is not None
+        if correction and self.log is not None:
+            self.log(f"{self.name}: {correction}; kept for the next run (docs/rates.md)")
+
+    def _apply(self, change: RateChange) -> None:
+        """Take the controller's decision (the lock is held)."""
+        if change.rate != self.rate:
+            self.rate = change.rate
+            self.interval = spacing(change.rate)
+            # The next slot is a new interval after the last grant: a vendor paced from now on
+            # (or slower) gets no request early, whatever the old spacing had scheduled.
+            self._next_slot = max(self._next_slot, self._last_grant + self.interval)
+        if change.pause > 0:
+            until = self._clock() + change.pause
+            if until > self._next_slot:
+                self._next_slot = until
+                self._pauses += 1
+
     def pause(self, seconds: float) -> None:
-        """No slot is handed out for the next `seconds` (the vendor asked us to back off)."""
+        """No slot is handed out for the next `seconds` (the vendor asked us to back off).
+
+        A pause of 0 (`Retry-After: 0`: retry at once) holds nothing back, so it changes nothing:
+        a caller waiting for its slot keeps it."""
+        if seconds <= 0:
+            return
         with self._lock:
             until = self._clock() + seconds
             if until > self._next_slot:
@@ -321,6 +400,13 @@ class GlobalRateLimiter:
     def pause(self, seconds: float) -> None:
         self.local.pause(seconds)
 
+    @property
+    def granted_at(self) -> float:
+        return self.local.granted_at
+
+    def observe(self, granted_at: float, status: int, headers: Mapping[str, str]) -> None:
+        """The shared rate is the GCL's: answers teach it nothing (a 429 still pauses this worker)."""
+
     def close(self) -> None:
         self.local.close()
 
@@ -369,13 +455,22 @@ def limiter_for(
     *,
     machine_dir: Path | None = None,
     stop: threading.Event | None = None,
+    remembered: tuple[float, bool] | None = None,
+    log: Callable[[str], object] | None = None,
 ) -> RateLimiter | GlobalRateLimiter:
     """The limiter the settings ask for: shared through `shared` (a Prefect GCL), or this worker's own,
-    shared with this machine's other processes through a schedule in `machine_dir` when one is given."""
+    shared with this machine's other processes through a schedule in `machine_dir` when one is given.
+
+    This worker's own learns the vendor's rate from its answers, from `remembered` (the rate an
+    earlier run held, and whether it is stale) and under `<VENDOR>_RATE_LIMIT`."""
     name = settings.global_limit
     if name:
         return GlobalRateLimiter(name, settings.rate_limit, shared=shared, stop=stop)
     machine = None
-    if machine_dir is not None and settings.rate_limit and fcntl is not None:
+    if machine_dir is not None and fcntl is not None:  # used while the rate is set or learned
         machine = MachineSchedule.for_vendor(machine_dir, settings.vendor, settings.base_url or "")
-    return RateLimiter(settings.rate_limit, machine=machine, stop=stop)
+    rate, stale = remembered if remembered is not None else (None, False)
+    controller = RateController(ceiling=settings.rate_limit, remembered=rate, stale=stale)
+    return RateLimiter(
+        settings.rate_limit, machine=machine, stop=stop, controller=controller, name=settings.vendor, log=log
+    )

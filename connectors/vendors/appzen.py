@@ -41,6 +41,7 @@ class AppZenConnector(Connector):
     credential_names = ("API_KEY", "CUSTOMER_ID", "CUSTOMER_KEY")
     decision_map: ClassVar[Mapping[str, str]] = {"approve": "Approved", "cancel": "Cancelled"}
     reference_headers = ("x-correlation-id",)  # documented on every answer; support asks for it
+    daily_limit = 300_000  # documented: 1,000 requests/second and 300,000 requests/day
 
     def __init__(self, settings: VendorSettings, clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(settings)

@@ -32,6 +32,7 @@ from prefect.futures import PrefectFuture
 
 from connectors.registry import CONNECTORS
 from connectors.sending.client import VendorClient
+from connectors.sending.quota import DailyQuota, QuotaStore
 from connectors.sending.ratelimit import limiter_for
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
@@ -41,6 +42,7 @@ from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
 from flows.orchestration.stopping import RunStop
 from flows.pipeline.planning import Plan, decisions_for
 from flows.state.ledger import CLAIM_LEASE, ClaimHolder, Claims, Ledger
+from flows.state.rates import RememberedRates
 
 # Each chunk is one task run, whose orchestration shares the CPU with the sending threads:
 # large chunks keep that to a few task runs a minute per vendor, while progress still shows
@@ -66,18 +68,41 @@ class VendorClients:
 
     ready: dict[str, VendorClient] = field(default_factory=dict)
     unusable: dict[str, VendorSettings] = field(default_factory=dict)
+    rates: RememberedRates | None = None  # where the rates the vendors held are kept for the next run
 
     def close(self) -> None:
         for client in self.ready.values():
             client.close()
+            self._keep_rate(client)
+
+    def _keep_rate(self, client: VendorClient) -> None:
+        """The rate a vendor held, learned now or earlier, is where the next run starts."""
+        controller = getattr(client.limiter, "controller", None)
+        if self.rates is None or controller is None or not controller.heard or not controller.held:
+            return
+        try:
+            self.rates.keep(client.vendor, client.base_url, controller.held)
+        except OSError as exc:  # the run's results matter more: say so, and go on
+            get_run_logger().warning("the rate %s held was not kept for the next run: %s", client.vendor, exc)
+            return
+        get_run_logger().info(
+            "%s: sending at %.4g/s at the end (%d throttle(s) this run); kept for the next run",
+            client.vendor,
+            controller.held,
+            controller.throttles,
+        )
 
 
 @task(cache_policy=NO_CACHE)
 def open_clients(
-    vendors: list[str], environ: Mapping[str, str] | None = None, stop: threading.Event | None = None
+    vendors: list[str],
+    environ: Mapping[str, str] | None = None,
+    stop: threading.Event | None = None,
+    quota_store: QuotaStore | None = None,
 ) -> VendorClients:
-    """Build each vendor's settings, and a client for every vendor whose settings are usable."""
-    clients = VendorClients()
+    """Build each vendor's settings, and a client for every vendor whose settings are usable
+    (counting a vendor's daily limit in `quota_store`, the ledger, when it has one)."""
+    clients = VendorClients(rates=RememberedRates.from_environ(environ))
     from_blocks = environ.from_blocks if isinstance(environ, SettingsEnviron) else frozenset()
     for vendor in vendors:
         connector_class = CONNECTORS[vendor]
@@ -86,8 +111,18 @@ def open_clients(
         saver = credential_saver(vendor, from_blocks, log=get_run_logger())
         settings = replace(settings, save_credential=saver)
         if settings.usable:
-            limiter = limiter_for(settings, PREFECT_GLOBAL_LIMIT, machine_dir=rate_schedule_dir(environ), stop=stop)
-            clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter, stop=stop)
+            limiter = limiter_for(
+                settings,
+                PREFECT_GLOBAL_LIMIT,
+                machine_dir=rate_schedule_dir(environ),
+                stop=stop,
+                remembered=clients.rates.recall(vendor, settings.base_url) if clients.rates else None,
+                log=get_run_logger().warning,
+            )
+            quota = None
+            if quota_store is not None and settings.daily_limit:
+                quota = DailyQuota(vendor, settings.daily_limit, quota_store)
+            clients.ready[vendor] = VendorClient(connector_class(settings), limiter=limiter, stop=stop, quota=quota)
         else:
             get_run_logger().error("%s is not configured: %s", vendor, "; ".join(settings.problems))
             clients.unusable[vendor] = settings
@@ -263,7 +298,15 @@ def dispatch(
             renewed = _renew_claims(ledger, holder)
 
     sent, unusable = _in_lanes(
-        plan_, chunk_size, submit, show_progress, settings_from_blocks, "Decisions sent", stop, on_tick=renew_claims
+        plan_,
+        chunk_size,
+        submit,
+        show_progress,
+        settings_from_blocks,
+        "Decisions sent",
+        stop,
+        on_tick=renew_claims,
+        quota_store=ledger,
     )
     for vendor, settings in unusable.items():
         sent.extend(unconfigured_results(frame, plan_.to_send[vendor], settings))
@@ -308,6 +351,7 @@ def _in_lanes(
     description: str,
     stop: RunStop,
     on_tick: Callable[[], None] | None = None,
+    quota_store: QuotaStore | None = None,
 ) -> tuple[list[Any], dict[str, VendorSettings]]:
     """Open the clients and run every configured vendor's chunks in lanes, reporting progress;
     once `stop` is set no chunk starts. `on_tick` runs as each chunk ends and every tick between.
@@ -317,7 +361,7 @@ def _in_lanes(
     vendors = sorted(plan_.to_send)
     # Deployments: settings missing from the environment come from Prefect Secret blocks.
     environ = settings_environ(vendors, log=get_run_logger()) if settings_from_blocks else None
-    clients = open_clients(vendors, environ, stop)
+    clients = open_clients(vendors, environ, stop, quota_store)
     configured = {v: p for v, p in plan_.to_send.items() if v in clients.ready}
 
     progress = RunProgress({v: len(p) for v, p in configured.items()}, show_bars=show_progress)

@@ -248,6 +248,8 @@ def _sync(
         emit_run_finished(summary, results, retry)
     except Exception as exc:
         logger.warning("run-finished event not emitted: %s", exc)
+    if summary.quota_exhausted:
+        get_run_logger().warning("%s", summary.quota_text())
     if summary.stopped_by:
         return Cancelled(message=summary.stop_text(), data=summary)
     text = summary.counts_text() + (f"; {summary.checks_text()}" if summary.checks else "")

@@ -86,6 +86,8 @@ class RunSummary:
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM": the run was stopped before it was done
     sent: int = 0  # rows whose request went out in this run
     not_sent: int = 0  # rows the stop kept from being sent (INTERRUPTED, attempts 0)
+    # vendor -> (rows its daily limit kept from being sent, when that limit resets): QUOTA_EXHAUSTED
+    quota_exhausted: dict[str, tuple[int, str]] = field(default_factory=dict)
     codes: dict[str, int] = field(default_factory=dict)  # error_code -> rows, most frequent first
     codes_by_vendor: dict[str, dict[str, int]] = field(default_factory=dict)  # vendor -> error_code -> rows
     # The rows a person must fix or decide (NEEDS_ATTENTION_CODES): outcome -> rows, and the first of them.
@@ -142,6 +144,8 @@ class RunSummary:
                 f"{rows_text(already, 'was', 'were')} already in that state at the vendor (`ALREADY_IN_STATE`): "
                 "nothing changed there; counted as succeeded."
             )
+        if self.quota_exhausted:
+            said.append(self.quota_text().replace("(QUOTA_EXHAUSTED)", "(`QUOTA_EXHAUSTED`)") + ".")
         return said
 
     def top_codes(self, vendor: str, n: int = 3) -> list[tuple[str, int]]:
@@ -152,6 +156,14 @@ class RunSummary:
         """ "would change N, already done M, not found K, unknown U" (empty without a preview)."""
         counts = self.checks if vendor is None else self.checks_by_vendor.get(vendor)
         return "" if counts is None else preview_text(counts)
+
+    def quota_text(self) -> str:
+        """One line per vendor whose daily limit was used up, with when it resets ("" when none was)."""
+        return "; ".join(
+            f"{vendor}: daily limit used up, {rows} row{'s' if rows != 1 else ''} not sent (QUOTA_EXHAUSTED); "
+            f"it resets at {resets}, and the next run after that sends them"
+            for vendor, (rows, resets) in sorted(self.quota_exhausted.items())
+        )
 
     def attention_text(self) -> str:
         """One line naming the needs-attention file, or "" when no row needs a person."""
@@ -582,6 +594,10 @@ def summarize(
         needs_attention=cast("list[dict[str, object]]", listed.where(listed.notna(), None).to_dict("records")),
         reported_again=int(reported_again.sum()),
     )
+    quota = results[results["error_code"] == ErrorCode.QUOTA_EXHAUSTED.value]
+    for vendor, rows in quota.groupby(quota["vendor"].fillna("(none)"), sort=True):
+        resets = rows["error_message"].str.extract(r"resets at ([0-9-]+ [0-9:]+ UTC)")[0].dropna()
+        summary.quota_exhausted[str(vendor)] = (len(rows), resets.max() if len(resets) else "the next UTC midnight")
     checked = results["would_change"].notna() if "would_change" in results else None
     if checked is not None and checked.any():
         part = results.loc[checked, ["vendor", "would_change"]]

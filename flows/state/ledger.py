@@ -43,6 +43,8 @@ from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite
 
 from connectors.redact import redact
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
@@ -58,6 +60,7 @@ TRANSIENT_CODES = frozenset(
         ErrorCode.AUTH_FAILED,
         ErrorCode.BAD_RESPONSE,
         ErrorCode.INTERRUPTED,
+        ErrorCode.QUOTA_EXHAUSTED,
     }
 )
 CLAIM_LEASE = 60.0  # seconds a claim lives unless renewed; renewed every quarter of it while sending
@@ -99,6 +102,17 @@ claims_table = sa.Table(
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("holder", sa.String(200), nullable=False),  # ClaimHolder.token: which process holds it
     sa.Column("expires_at", sa.Float, nullable=False),  # Unix seconds
+)
+
+
+# Each vendor's requests per UTC day, every run and worker together (`<VENDOR>_DAILY_LIMIT`):
+# taken in blocks by connectors.sending.quota, never a transaction per request.
+quota_table = sa.Table(
+    "vendor_daily_requests",
+    metadata,
+    sa.Column("vendor", sa.String(32), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),  # ISO date, UTC
+    sa.Column("used", sa.Integer, nullable=False),
 )
 
 
@@ -325,6 +339,38 @@ class Ledger:
         for key, answered in done.items():
             claims.done[by_invoice[key].row_number] = answered
         return claims
+
+    def take_quota(self, vendor: str, day: str, wanted: int, limit: int) -> int:
+        """Count up to `wanted` more of `vendor`'s requests on `day` within `limit`, in one
+        transaction that every other run and worker waits for; returns how many were counted."""
+        table, key = quota_table, (quota_table.c.vendor == vendor) & (quota_table.c.day == day)
+        insert = (sa.dialects.sqlite.insert if self.is_sqlite else sa.dialects.postgresql.insert)(table)
+        with self.engine.begin() as conn:
+            conn.execute(insert.values(vendor=vendor, day=day, used=0).on_conflict_do_nothing())
+            conn.execute(table.update().where(key).values(used=table.c.used))  # the row's write lock first
+            used = conn.execute(sa.select(table.c.used).where(key)).scalar_one()
+            granted = max(0, min(wanted, limit - used))
+            if granted:
+                conn.execute(table.update().where(key).values(used=table.c.used + granted))
+        return granted
+
+    def return_quota(self, vendor: str, day: str, unused: int) -> None:
+        """Uncount `unused` requests taken by `take_quota` but never sent."""
+        table = quota_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                table.update()
+                .where(table.c.vendor == vendor, table.c.day == day)
+                .values(used=sa.case((table.c.used > unused, table.c.used - unused), else_=0))
+            )
+
+    def quota_used(self, vendor: str, day: str) -> int:
+        """The vendor's requests counted on `day` (UTC, ISO), every run together."""
+        with self.engine.connect() as conn:
+            used = conn.execute(
+                sa.select(quota_table.c.used).where(quota_table.c.vendor == vendor, quota_table.c.day == day)
+            ).scalar_one_or_none()
+        return used or 0
 
     def release(self, decisions: Iterable[Decision], holder: ClaimHolder) -> None:
         """Drop `holder`'s claims on these decisions (answered, or never sent)."""
