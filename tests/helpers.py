@@ -96,12 +96,17 @@ class FakeTime:
 
 
 # The sandbox runs in the test process: its handler threads share the GIL (and, with other
-# processes, two cores) with the senders, so it stamps a request's arrival late by up to tens
-# of ms under load, and several requests sent on their evenly spaced slots can be stamped a
-# few ms apart. Arrival-side checks allow this much of it: the window they count in is this
-# much shorter than a second. What must hold exactly is checked at the send side, on the
-# limiter's grant times (`record_grants`, `grant_log_env`), with the full second.
-SANDBOX_JITTER = 0.020
+# processes, two cores) with the senders, so on a loaded machine it stamps a request's arrival
+# late by tens of ms, now and then over 100 ms, and requests sent on their evenly spaced slots
+# can be stamped a few ms apart. Arrival-side checks count in a window this much shorter than a
+# second: they catch a burst (a batch sent at once, a pause ignored), not a late stamp. What
+# must hold exactly is checked at the send side, on the limiter's grant times (`record_grants`,
+# `grant_log_env`), with the full second.
+SANDBOX_JITTER = 0.100
+# How much of a set limit a sandbox test must see used: only "not stuck slow" (a pause never
+# lifted, a lost wake-up). How fully a limit is used is a speed figure: the fake-clock tests
+# check the spacing exactly, the benchmarks measure it (docs/performance.md).
+NOT_STUCK = 0.5
 
 
 def max_arrivals_in_window(times: list[float], width: float = 1.0) -> int:
