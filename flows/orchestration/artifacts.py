@@ -24,6 +24,7 @@ def publish(summary: RunSummary) -> None:
             [
                 f"# invoice-sync run {summary.run_id}",
                 f"- file: `{summary.source}`",
+                *_audit_lines(summary),
                 f"- rows: {summary.rows} ({summary.counts_text()})"
                 + (" — dry run, nothing sent" if summary.dry_run else ""),
                 *([f"- the vendors say: {summary.checks_text()}"] if summary.checks else []),
@@ -53,3 +54,15 @@ def publish(summary: RunSummary) -> None:
         key="invoice-sync-run",
         description="What ran",
     )
+
+
+def _audit_lines(summary: RunSummary) -> list[str]:
+    """The audit trail's facts of the run (flows/orchestration/audit_trail.py): file hash, who, chain head."""
+    extra = summary.extra
+    lines = [f"- file SHA-256: `{extra['source_sha256']}`"] if extra.get("source_sha256") else []
+    lines += [
+        f"- submitted by: {extra.get('submitted_by') or '(not given)'}; started by: {extra.get('started_by', '')}"
+    ]
+    if extra.get("audit_chain_head"):
+        lines.append(f"- audit chain head: `{extra['audit_chain_head']}` (`invoice-sync audit verify`)")
+    return lines if extra.get("started_by") else []
