@@ -39,6 +39,7 @@ from connectors.redact import redact
 from connectors.vocabulary import Decision, RowResult
 
 GENESIS = "0" * 64  # the prev_hash of a run's first entry
+INSERT_BATCH = 500  # rows per insert statement (19 parameters a row: under SQLite's and PostgreSQL's limits)
 FINGERPRINT_BLOCK = 1 << 20
 
 metadata = sa.MetaData()
@@ -107,8 +108,8 @@ attempts_table = sa.Table(
     sa.Column("vendor_reference", sa.String(256)),
     sa.Column("latency_us", sa.BigInteger),
     sa.Column("message", sa.Text),
+    # `history` reads by invoice; an export by time scans (rare, and cheaper than an index every commit pays).
     sa.Index("audit_attempts_by_invoice", "vendor", "invoice_id"),
-    sa.Index("audit_attempts_by_time", "at"),
 )
 ends_table = sa.Table(
     "audit_run_ends",
@@ -124,7 +125,26 @@ ends_table = sa.Table(
 )
 TABLES = (runs_table, approvals_table, attempts_table, ends_table)
 COLUMNS = {t.name: tuple(c.name for c in t.columns) for t in TABLES}
-HASHED = {t.name: tuple(c for c in COLUMNS[t.name] if c != "row_hash") for t in TABLES}
+CHAIN_COLUMNS = ("run_id", "seq", "prev_hash", "row_hash")  # each table's first four
+CONTENT = {t.name: COLUMNS[t.name][len(CHAIN_COLUMNS) :] for t in TABLES}
+ATTEMPT_CONTENT = (
+    "at",
+    "vendor",
+    "invoice_id",
+    "row_number",
+    "decision",
+    "payload",
+    "kind",
+    "attempt",
+    "http_status",
+    "action",
+    "error_code",
+    "vendor_error_code",
+    "vendor_reference",
+    "latency_us",
+    "message",
+)
+assert CONTENT[attempts_table.name] == ATTEMPT_CONTENT  # attempt_entries builds its rows in this order
 
 
 class ApprovalOutcome:
@@ -136,48 +156,86 @@ class ApprovalOutcome:
 
 def utc_text(when: datetime | None = None) -> str:
     """A time as the audit stores it: ISO-8601 UTC text, microseconds, `Z` (sorts as it reads)."""
-    when = datetime.now(UTC) if when is None else when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    when = datetime.now(UTC) if when is None else when
+    if when.tzinfo is not UTC:
+        when = when.astimezone(UTC)
+    return when.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def content_text(table: str, run_id: str, row: tuple) -> str:
+    """An entry's content (its run and every column after the chain's, in table order) as one canonical text."""
+    return _canonical([table, run_id, *row])
+
+
+_canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def chained_hash(prev_hash: str, seq: int, content: str) -> str:
+    """SHA-256 of an entry in its chain: the previous entry's hash, its seq, its content."""
+    return hashlib.sha256(f"{prev_hash}\n{seq}\n{content}".encode()).hexdigest()
 
 
 def entry_hash(table: str, values: Mapping[str, Any]) -> str:
-    """SHA-256 of an entry's content (its prev_hash included) in one canonical text."""
-    content = json.dumps([table, *(values[c] for c in HASHED[table])], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(content.encode()).hexdigest()
+    """The hash an entry (a row as the database returns it) must hold."""
+    row = tuple(values[c] for c in CONTENT[table])
+    return chained_hash(values["prev_hash"], values["seq"], content_text(table, values["run_id"], row))
 
 
-@dataclass
 class Entry:
-    """One audit entry waiting to be chained: its table and its content (run_id included, no seq or hashes)."""
+    """One audit entry waiting to be chained: its table and content (run_id included, no seq or hashes).
 
-    table: str
-    values: dict[str, Any]
-    row_hash: str | None = None  # set once sealed
+    Its canonical text and its row's values are prepared when it is made, in the thread that
+    made it, so the ledger's single writer only chains it: one SHA-256 per entry."""
+
+    __slots__ = ("content", "row", "row_hash", "run_id", "table")
+
+    def __init__(self, table: str, run_id: str, row: tuple) -> None:
+        self.table = table
+        self.run_id = run_id
+        self.row = row  # CONTENT[table] order
+        self.content = content_text(table, run_id, row)
+        self.row_hash: str | None = None  # set once sealed
+
+    @classmethod
+    def of(cls, table: str, values: Mapping[str, Any]) -> Entry:
+        return cls(table, values["run_id"], tuple(values[c] for c in CONTENT[table]))
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, **dict(zip(CONTENT[self.table], self.row, strict=True))}
 
 
 def attempt_entries(decision: Decision, result: RowResult, run_id: str) -> list[Entry]:
     """The audit entries of one decision's requests (plain data from the sending side)."""
+    table = attempts_table.name
+    vendor, invoice, row_number, what, payload = (
+        decision.vendor,
+        decision.invoice_id,
+        decision.row_number,
+        decision.decision,
+        decision.payload,
+    )
     return [
         Entry(
-            attempts_table.name,
-            {
-                "run_id": run_id,
-                "at": utc_text(t.started_at),
-                "vendor": decision.vendor,
-                "invoice_id": decision.invoice_id,
-                "row_number": decision.row_number,
-                "decision": decision.decision,
-                "payload": decision.payload,
-                "kind": t.kind.value,
-                "attempt": t.attempt,
-                "http_status": t.http_status,
-                "action": t.action,
-                "error_code": t.error_code,
-                "vendor_error_code": t.vendor_error_code,
-                "vendor_reference": t.vendor_reference,
-                "latency_us": t.latency_us,
-                "message": t.message,
-            },
+            table,
+            run_id,
+            (  # ATTEMPT_CONTENT order
+                utc_text(t.started_at),
+                vendor,
+                invoice,
+                row_number,
+                what,
+                payload,
+                t.kind.value,
+                t.attempt,
+                t.http_status,
+                t.action,
+                t.error_code,
+                t.vendor_error_code,
+                t.vendor_reference,
+                t.latency_us,
+                t.message,
+            ),
         )
         for t in result.tries
     ]
@@ -208,7 +266,7 @@ class RunRegistration:
     approval_policy: str | None = None
 
     def entry(self) -> Entry:
-        return Entry(
+        return Entry.of(
             runs_table.name,
             {
                 "run_id": self.run_id,
@@ -237,7 +295,7 @@ class RunRegistration:
 
 
 def approval_entry(run_id: str, outcome: str, approver: str | None, reason: str, plan: Mapping | None) -> Entry:
-    return Entry(
+    return Entry.of(
         approvals_table.name,
         {
             "run_id": run_id,
@@ -259,7 +317,7 @@ def end_entry(
     results_path: str | None,
     attempts: int,
 ) -> Entry:
-    return Entry(
+    return Entry.of(
         ends_table.name,
         {
             "run_id": run_id,
@@ -303,11 +361,23 @@ class Chains:
 
     def __init__(self, mark: str) -> None:
         self._heads: dict[str, ChainHead] = {}
-        self.insert_sql = {
-            t.name: f"INSERT INTO {t.name} ({', '.join(COLUMNS[t.name])}) VALUES ({', '.join([mark] * len(COLUMNS[t.name]))})"
-            for t in TABLES
-        }
+        self._values = {t.name: f"({', '.join([mark] * len(COLUMNS[t.name]))})" for t in TABLES}
+        self._inserts: dict[tuple[str, int], str] = {}
         self._mark = mark
+
+    def insert(self, cursor, table: str, rows: list[tuple]) -> None:
+        """Insert `rows` with one multi-row statement per INSERT_BATCH rows, not one execute per row:
+        the database driver lets go of the GIL around each execute, and in a process of busy
+        sending threads every hand-back costs the single writer a wait its senders then share."""
+        for start in range(0, len(rows), INSERT_BATCH):
+            part = rows[start : start + INSERT_BATCH]
+            sql = self._inserts.get((table, len(part)))
+            if sql is None:
+                marks = ", ".join([self._values[table]] * len(part))
+                sql = self._inserts[(table, len(part))] = (
+                    f"INSERT INTO {table} ({', '.join(COLUMNS[table])}) VALUES {marks}"
+                )
+            cursor.execute(sql, [value for row in part for value in row])
 
     def head(self, run_id: str) -> ChainHead | None:
         return self._heads.get(run_id)
@@ -318,13 +388,12 @@ class Chains:
         rows: dict[str, list[tuple]] = {}
         heads: dict[str, ChainHead] = {}
         for entry in entries:
-            run_id = entry.values["run_id"]
+            run_id = entry.run_id
             head = heads.get(run_id) or self._heads.get(run_id) or self._load(connection, run_id)
-            values = {**entry.values, "seq": head.next_seq, "prev_hash": head.head}
-            values["row_hash"] = entry.row_hash = entry_hash(entry.table, values)
-            rows.setdefault(entry.table, []).append(tuple(values[c] for c in COLUMNS[entry.table]))
+            entry.row_hash = chained_hash(head.head, head.next_seq, entry.content)
+            rows.setdefault(entry.table, []).append((run_id, head.next_seq, head.head, entry.row_hash, *entry.row))
             counted = head.attempts + (entry.table == attempts_table.name)
-            heads[run_id] = ChainHead(head.next_seq + 1, values["row_hash"], counted)
+            heads[run_id] = ChainHead(head.next_seq + 1, entry.row_hash, counted)
         return rows, heads
 
     def commit(self, heads: Mapping[str, ChainHead]) -> None:
@@ -414,29 +483,47 @@ def verify(engine: sa.Engine, runs: Iterable[str] | None = None) -> Verification
 
 
 def _check_chain(run_id: str, entries: list[tuple[str, dict[str, Any]]]) -> Finding | None:
-    prev, expected = GENESIS, 0
-    attempts = 0
-    for table, row in entries:
+    """The first entry of a run's chain (ordered by seq) that breaks it; None when it holds."""
+    prev, expected, attempts, ended = GENESIS, 0, 0, False
+    for i, (table, row) in enumerate(entries):
         invoice = f"{row['vendor']} {row['invoice_id']}" if table == attempts_table.name else None
 
         def finding(what: str, table=table, row=row, invoice=invoice) -> Finding:
             return Finding(run_id, table, row["seq"], what, invoice)
 
-        if expected == 0 and (row["seq"] != 0 or table != runs_table.name):
-            return finding("the run's register row (seq 0) is missing: removed, or this entry was inserted")
         if row["seq"] < expected:
             return finding("a second entry with this seq: inserted")
+        if i + 1 < len(entries) and entries[i + 1][1]["seq"] == row["seq"] and _is_inserted(entries, i):
+            return finding("an entry with the seq of another, which the chain does not go on from: inserted")
+        if expected == 0 and (row["seq"] != 0 or table != runs_table.name):
+            return finding("the run's register row (seq 0) is missing: removed, or this entry was inserted")
         if row["seq"] > expected:
             return finding(f"entries {expected}..{row['seq'] - 1} before it are missing: removed")
         if entry_hash(table, row) != row["row_hash"]:
             return finding("its content no longer matches its hash: edited")
         if row["prev_hash"] != prev:
             return finding("its prev_hash is not the previous entry's hash: an entry before it was replaced")
+        if ended:
+            return finding("after the run's end entry: inserted")
         attempts += table == attempts_table.name
-        if table == ends_table.name and row["attempts"] != attempts:
-            return finding(f"the run's end counts {row['attempts']} attempts, the chain holds {attempts}")
+        if table == ends_table.name:
+            if row["attempts"] != attempts:
+                return finding(f"the run's end counts {row['attempts']} attempts, the chain holds {attempts}")
+            ended = True
         prev, expected = row["row_hash"], expected + 1
     return None
+
+
+def _is_inserted(entries: list[tuple[str, dict[str, Any]]], i: int) -> bool:
+    """Of entries sharing entry i's seq, whether entry i is one the chain does not go on from."""
+    seq = entries[i][1]["seq"]
+    following = next((row for _, row in entries[i:] if row["seq"] > seq), None)
+    twins = [row for _, row in entries[i:] if row["seq"] == seq]
+    if following is None:  # nothing after them tells: the later one is named (`seq < expected`)
+        return False
+    return entries[i][1]["row_hash"] != following["prev_hash"] and any(
+        r["row_hash"] == following["prev_hash"] for r in twins
+    )
 
 
 # -- reading -----------------------------------------------------------------------------------

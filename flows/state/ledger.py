@@ -436,7 +436,7 @@ class Ledger:
             if rows:
                 cursor.executemany(self._upsert, rows)
             for table, values in entries.items():
-                cursor.executemany(self._chains.insert_sql[table], values)
+                self._chains.insert(cursor, table, values)
             connection.commit()
         except BaseException:
             connection.rollback()
