@@ -167,7 +167,7 @@ def test_a_paused_run_approved_through_the_api_sends(deployment_id, sandbox, tmp
     assert parent.state.is_completed(), parent.state.message
     for row in rows:
         assert sandbox.changes("alfred", row["invoice_id"]) == 1
-    assert len(list((tmp_path / "processed").glob("*month-end.csv"))) == 1
+    assert len(list((tmp_path / "processed").glob("month-end-*.csv"))) == 1
     plan = next((tmp_path / "results").glob("*/plan.csv"))
     assert sorted(pd.read_csv(plan)["decision"]) == ["approve", "approve", "cancel"]
     approvals = audit_rows(state_dir, audit.approvals_table)
@@ -190,7 +190,7 @@ def test_a_rejected_run_sends_nothing_and_the_file_goes_to_rejected(
     finally:
         run.stop()
     assert parent.state.name == "FilesRejected", parent.state.message
-    assert "Rejected" in parent.state.message and "rejected by j.doe: the cancel is not agreed" in parent.state.message
+    assert "nothing sent: rejected by j.doe: the cancel is not agreed" in parent.state.message
     assert changing_requests(sandbox, "alfred") == []
     (reason,) = (tmp_path / "rejected").glob("*.reason.txt")
     assert "not approved (Rejected)" in reason.read_text() and "the cancel is not agreed" in reason.read_text()
@@ -230,9 +230,10 @@ def test_no_approval_in_time_sends_nothing(deployment_id, sandbox, tmp_path, app
         parent = run.wait_final()
     finally:
         run.stop()
-    assert parent.state.name == "FilesRejected" and "ApprovalTimedOut" in parent.state.message
+    assert parent.state.name == "FilesRejected" and "no one approved within" in parent.state.message
     assert changing_requests(sandbox, "alfred") == []
     assert "not approved (ApprovalTimedOut)" in next((tmp_path / "rejected").glob("*.reason.txt")).read_text()
+    assert audit_rows(state_dir, audit.approvals_table)["outcome"].tolist() == ["timed_out"]
 
 
 def test_a_command_line_run_under_the_policy_refuses_to_send(sandbox, tmp_path, monkeypatch, capsys):

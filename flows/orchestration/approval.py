@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 import numpy as np
 import pandas as pd
@@ -42,6 +44,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import Field
 
@@ -59,6 +62,8 @@ PLAN_ROWS_SHOWN = 1000  # rows in the plan's table artifact; all of them are in 
 PLAN_COLUMNS = ("row_number", "vendor", "invoice_id", "decision", "invoice_number", "void_date", "decided_by")
 DEFAULT_TIMEOUT = 24 * 3600
 POLL_SECONDS = 5  # how often the paused run asks the API whether it was resumed
+PAUSE_GRACE = 600  # seconds the server's pause outlives the run's deadline (the run resumes itself at it)
+UNANSWERED = "(no answer before the deadline)"
 
 
 class ApprovalPolicy(enum.StrEnum):
@@ -181,14 +186,24 @@ def require_approval(
         answer = None
         if left > 0:
             description = _form_text(counts, trail, plan_path, refused=pauses > 0)
+            # The run's own deadline ends the wait: it resumes itself (an answer marked as no one's)
+            # before the server's pause expires, since the server rewrites whatever state an
+            # expired pause goes to into a plain Failed ("never resumed"), losing why.
+            deadline_timer = threading.Timer(left, _resume_unanswered, args=(flow_run.get_id(), pauses))
+            deadline_timer.daemon = True
+            deadline_timer.start()
             try:
                 answer = pause_flow_run(
                     wait_for_input=ApprovalInput.with_initial_data(description=description),
-                    timeout=left,
+                    timeout=left + PAUSE_GRACE,
                     poll_interval=min(settings.poll, left),
                     key=f"approval-{pauses}",
                 )
             except FlowPauseTimeout:
+                answer = None
+            finally:
+                deadline_timer.cancel()
+            if answer is not None and answer.reason == UNANSWERED and not answer.approver:
                 answer = None
         if answer is None:
             hours = settings.timeout / 3600
@@ -209,6 +224,18 @@ def require_approval(
         trail.approval(ApprovalOutcome.APPROVED, approver, answer.reason.strip(), counts)
         logger.info("approved by %s: sending %d rows", approver, plan_.send_count)
         return None
+
+
+def _resume_unanswered(run_id: str | None, pause: int) -> None:
+    """At the approval's deadline: resume the paused run with an answer that says no one answered."""
+    if run_id is None:
+        return
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        resume_flow_run(UUID(run_id), run_input={"approver": "", "decision": "reject", "reason": UNANSWERED})
+    except Exception as exc:  # resumed by a person meanwhile, or the API is away: the pause's own timeout ends it
+        get_run_logger().warning("approval %d: the deadline could not resume the run: %s", pause, exc)
 
 
 def _publish_plan(
