@@ -57,7 +57,7 @@ def result(row: int, outcome: Outcome, made: tuple[HttpAttempt, ...], code: Erro
 def write_run(ledger: Ledger, run_id: str, decisions: list[tuple[Decision, RowResult]]) -> str:
     """A run as the flow writes it: the register row, the attempts (from several threads), the end."""
     registration = audit.RunRegistration(run_id, "a.user@host", source_path="/in/d.csv", source_sha256="ab" * 32)
-    ledger.audit(registration.entry())
+    ledger.append_audit(registration.entry())
     threads = [threading.Thread(target=ledger.record, args=(d, r, run_id)) for d, r in decisions]
     for thread in threads:
         thread.start()
@@ -66,7 +66,7 @@ def write_run(ledger: Ledger, run_id: str, decisions: list[tuple[Decision, RowRe
     end = audit.end_entry(
         run_id, "Completed", "done", len(decisions), {"succeeded": 1}, None, ledger.audit_attempts(run_id)
     )
-    return ledger.audit(end)
+    return ledger.append_audit(end)
 
 
 def verify_cli(url: str, capsys, monkeypatch) -> tuple[int, str]:

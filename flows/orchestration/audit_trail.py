@@ -1,6 +1,6 @@
 """A run's place in the audit trail: who started it, on which file, what was approved, how it ended.
 
-The entries go through the run's ledger (`Ledger.audit`), so they join the same hash chain as the
+The entries go through the run's ledger (`Ledger.append_audit`), so they join the same hash chain as the
 run's attempts, which the ledger's group commit writes (`flows/state/audit.py`).
 """
 
@@ -127,7 +127,7 @@ class RunTrail:
             decided_by=self.decided_by,
             approval_policy=self.approval_policy,
         )
-        self.ledger.audit(registration.entry())
+        self.ledger.append_audit(registration.entry())
         self.registered = True
 
     @property
@@ -135,14 +135,14 @@ class RunTrail:
         return self.fingerprint[1] if self.fingerprint else None
 
     def approval(self, outcome: str, approver: str | None, reason: str = "", plan: Mapping | None = None) -> None:
-        self.ledger.audit(audit.approval_entry(self.run_id, outcome, approver, reason, plan))
+        self.ledger.append_audit(audit.approval_entry(self.run_id, outcome, approver, reason, plan))
 
     def finish(self, state: State, rows: int | None, counts: Mapping[str, int] | None, results: str | None) -> str:
         """The run's end entry, the chain's head; returns the head."""
         attempts = self.ledger.audit_attempts(self.run_id)
         entry = audit.end_entry(self.run_id, state.name or "", state.message or "", rows, counts, results, attempts)
         try:
-            self.head = self.ledger.audit(entry)
+            self.head = self.ledger.append_audit(entry)
         except Exception as exc:  # the results are written already: say it loudly, never lose the run
             get_run_logger().error("the run's end was not recorded in the audit trail: %s", exc)
             return ""

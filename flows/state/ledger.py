@@ -23,6 +23,10 @@ looked. The lease is renewed while the run sends and released row by row once an
 claim of a run that died expires (at once, when it ran on this machine and its process is
 gone), so a rerun takes it over and the crash bound stays: only requests in flight are unknown.
 
+Every answer's requests (`RowResult.tries`) go to the audit trail in the same transaction as its
+ledger row (`flows/state/audit.py`): the writer seals each run's audit entries into that run's
+hash chain as it commits them, so the chain's order is the commit order.
+
 Default store: SQLite under `INVOICE_SYNC_STATE_DIR` (default `data/state/`). Several workers
 share one ledger through PostgreSQL: set `INVOICE_SYNC_LEDGER_URL`
 (`postgresql+psycopg://user:pass@host/db`).
@@ -269,7 +273,7 @@ class Ledger:
         )
         self._write(_PendingRow(values, entries))
 
-    def audit(self, entry: Entry) -> str:
+    def append_audit(self, entry: Entry) -> str:
         """Append one audit entry (a run's register row, an approval, its end) to its run's chain; its hash."""
         pending = _PendingRow(None, [entry])
         self._write(pending)
