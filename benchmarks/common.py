@@ -177,7 +177,7 @@ def timed_command(cmd: list[str], env: dict[str, str]) -> dict[str, float | int 
         "cpu": cpu,
         "peak_mib": rss_kb / 1024,
         "exit": done.returncode,
-        "out": done.stdout[-2000:],
+        "out": done.stdout[-20000:],
         "err": done.stderr[-3000:],
     }
 

@@ -22,7 +22,8 @@ class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"  # broke a validation rule: never sent
-    SKIPPED = "skipped"  # nothing to send (already done, or a duplicate row)
+    SKIPPED = "skipped"  # nothing to send (already done, a duplicate row, a vendor left out of the run)
+    WOULD_SEND = "would_send"  # a dry run: valid and new, would be sent by a real run
 
 
 class ErrorCode(enum.StrEnum):
@@ -43,6 +44,9 @@ class ErrorCode(enum.StrEnum):
     ALREADY_DONE = "ALREADY_DONE"  # an earlier run already succeeded with this decision: not sent again
     CONFLICTING_ROWS = "CONFLICTING_ROWS"  # the file holds opposite decisions for one invoice
     IN_PROGRESS = "IN_PROGRESS"  # another live run holds this decision's claim: it sends it, not this run
+    VENDOR_NOT_INCLUDED = "VENDOR_NOT_INCLUDED"  # skipped: the run was asked for other vendors only
+    # Read from a vendor's answer, on a row that succeeded.
+    ALREADY_IN_STATE = "ALREADY_IN_STATE"  # the vendor says the invoice already was in that state
 
 
 class WouldChange(enum.StrEnum):

@@ -54,17 +54,7 @@ def test_cancelling_a_deployment_run_through_the_api_stops_it_cleanly(server, de
         }
         parameters = {"inbox": str(inbox), "settle_seconds": 0}
         try:
-            worker = server.spawn(
-                f"cancel-worker-{uuid.uuid4().hex[:6]}",
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--type",
-                "process",
-                "--limit",
-                "1",
-            )
+            worker = server.start_worker(f"cancel-worker-{uuid.uuid4().hex[:6]}", POOL)
 
             def start_run(name: str):
                 return run_deployment(

@@ -283,9 +283,9 @@ TABLE = [
         None,
     ),
     ("alfred", "approve", 422, ALFRED_422, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "VALIDATION_ERROR"),
-    ("alfred", "approve", 422, ALFRED_ALREADY, {}, Action.SUCCEED, None, None),
+    ("alfred", "approve", 422, ALFRED_ALREADY, {}, Action.SUCCEED, ErrorCode.ALREADY_IN_STATE, None),
     ("alfred", "cancel", 422, ALFRED_ALREADY, {}, Action.FAIL, ErrorCode.VENDOR_REJECTED, "VALIDATION_ERROR"),
-    ("alfred", "cancel", 422, ALFRED_ALREADY_CANCELLED, {}, Action.SUCCEED, None, None),
+    ("alfred", "cancel", 422, ALFRED_ALREADY_CANCELLED, {}, Action.SUCCEED, ErrorCode.ALREADY_IN_STATE, None),
     (
         "alfred",
         "approve",
@@ -329,7 +329,7 @@ TABLE = [
         {"errors": {"status": ["Invoice is already approved"]}},
         {},
         Action.SUCCEED,
-        None,
+        ErrorCode.ALREADY_IN_STATE,
         None,
     ),
     (
@@ -457,7 +457,7 @@ TABLE = [
         {**MODULUS_ERR, "message": "Invoice already has this status.", "object": {"error_code": 5512}},
         {},
         Action.SUCCEED,
-        None,
+        ErrorCode.ALREADY_IN_STATE,
         None,
     ),
     (

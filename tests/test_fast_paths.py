@@ -1,8 +1,8 @@
 """The speed-ups of the million-row path change nothing that can be seen.
 
 * results.csv is written by Arrow, byte for byte what `DataFrame.to_csv(index=False)` writes
-  (quoting, NA, the UTC timestamps' format), and pandas still writes what the fast path does
-  not know;
+  for the frame with its UTC times cut to whole seconds (quoting, NA, the timestamps' format),
+  and pandas still writes what the fast path does not know, times cut the same way;
 * the planner's vectorised repeat/conflict marking gives the same outcomes and messages as
   the straightforward loop over duplicate groups it replaced;
 * the transport sends a row that needs no retry without tenacity, and one that does with it.
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from connectors.vocabulary import ErrorCode, Outcome, RowResult
 from flows.pipeline.planning import KEY, Plan, plan_rows
-from flows.pipeline.results import _write_csv, assemble_results, summarize
+from flows.pipeline.results import _in_seconds, _write_csv, assemble_results, summarize
 
 NASTY = [
     "plain",
@@ -45,7 +45,7 @@ NASTY = [
 
 def same_csv(frame: pd.DataFrame, tmp_path, **kwargs) -> None:
     expected, actual = tmp_path / "pandas.csv", tmp_path / "fast.csv"
-    frame.to_csv(expected, index=False)
+    _in_seconds(frame).to_csv(expected, index=False)
     _write_csv(frame, actual, **kwargs)
     assert actual.read_bytes() == expected.read_bytes()
 
@@ -77,9 +77,9 @@ def test_csv_matches_pandas_byte_for_byte(tmp_path):
 @pytest.mark.parametrize(
     "stamps",
     [
-        ["2026-11-22T03:18:47.062306", "2026-11-22T03:18:47", "2026-11-22T03:18:47.001"],  # microseconds
-        ["2026-11-22T03:18:47.062", "2026-11-22T03:18:48"],  # milliseconds only: 3 digits
-        ["2026-11-22T03:18:47", "2026-12-01T00:00:00"],  # whole seconds: no fraction
+        ["2026-11-22T03:18:47.062306", "2026-11-22T03:18:47", "2026-11-22T03:18:47.999"],  # microseconds
+        ["2026-11-22T03:18:47.062", "2026-11-22T03:18:48"],  # milliseconds only
+        ["2026-11-22T03:18:47", "2026-12-01T00:00:00"],  # whole seconds
         ["2026-11-22T03:18:47.5", "NaT"],
         ["NaT", "NaT"],
         ["1969-12-31T23:59:59.5", "9999-12-31T23:59:59"],
@@ -88,6 +88,10 @@ def test_csv_matches_pandas_byte_for_byte(tmp_path):
 def test_utc_timestamps_are_formatted_like_pandas(tmp_path, stamps):
     frame = pd.DataFrame({"i": range(len(stamps)), "finished_at": utc(stamps)})
     same_csv(frame, tmp_path)
+    written = pd.read_csv(tmp_path / "fast.csv", dtype=str, keep_default_na=False)["finished_at"]
+    # whole seconds for people, the fraction cut (never rounded up into the next second)
+    assert all(cell == "" or (len(cell) == 25 and cell.endswith("+00:00")) for cell in written)
+    assert written.tolist() == [s[:19].replace("T", " ") + "+00:00" if s != "NaT" else "" for s in stamps]
 
 
 @settings(max_examples=60, deadline=None)

@@ -26,7 +26,7 @@ SAMPLE_EXPECTED = {
     5: ("succeeded", None),  # " Alfred ", " Approve "
     6: ("succeeded", None),
     7: ("succeeded", None),
-    8: ("succeeded", None),  # already approved at Accounteer: same state, success
+    8: ("succeeded", "ALREADY_IN_STATE"),  # already approved at Accounteer: same state, success
     9: ("rejected", "INVALID_ROW"),  # Accounteer has no cancel
     10: ("succeeded", None),
     11: ("succeeded", None),
@@ -87,6 +87,11 @@ def check_sample_results(results: pd.DataFrame, sandbox) -> None:
         assert sandbox.changes(vendor, invoice_id) <= 1
     rejected = results[results["outcome"] == "rejected"]
     assert (rejected["attempts"] == 0).all() and rejected["error_message"].str.len().gt(0).all()
+    # a plain success carries no vendor chatter ("update Invoice"); ALREADY_IN_STATE says why it is one
+    succeeded = results[results["outcome"] == "succeeded"]
+    assert (succeeded["error_message"].fillna("") == "").sum() == len(succeeded) - 1
+    assert results.loc[results["row_number"] == 8, "error_message"].item().startswith("already in that state")
+    assert results.loc[results["row_number"] == 8, "http_status"].item() == 422
 
 
 def test_sample_csv(sandbox, tmp_path, capsys):
@@ -375,11 +380,16 @@ def test_missing_settings_fail_rows_without_sending(sandbox, tmp_path, capsys, m
 
 def test_dry_run_sends_nothing(sandbox, tmp_path, capsys):
     sandbox.seed_file(SAMPLE_SANDBOX_SEED)
-    code, _, _ = run(["run", str(SAMPLE_FILE), "--out", str(tmp_path), "--dry-run", "--no-progress"], capsys)
+    code, out, _ = run(["run", str(SAMPLE_FILE), "--out", str(tmp_path), "--dry-run", "--no-progress"], capsys)
     results = results_of(tmp_path)
     assert code == EXIT_ROWS_NOT_DONE  # the sample has rejected rows
     assert all(sandbox.request_log(v) == [] for v in ALL_VENDORS)
-    assert results.loc[results["row_number"] == 1, "error_message"].item() == "dry run: would be sent"
+    first = results.loc[results["row_number"] == 1].iloc[0]
+    assert (first.outcome, first.error_message) == ("would_send", "dry run: would be sent")
+    # its own outcome, apart from the duplicates: 13 would be sent, 1 skipped (row 20 repeats row 1)
+    assert results["outcome"].value_counts().to_dict() == {"would_send": 13, "rejected": 8, "skipped": 1}
+    header = next(line for line in out.splitlines() if "would send" in line)
+    assert header.split("┃")[1:-1][-1].strip() == "would send" and "dry run" in out
 
 
 def test_a_preview_asks_the_vendors_and_changes_nothing(sandbox, tmp_path, capsys, state_dir, monkeypatch):
@@ -398,7 +408,7 @@ def test_a_preview_asks_the_vendors_and_changes_nothing(sandbox, tmp_path, capsy
     )
     results = results_of(tmp_path / "out").set_index("invoice_id")
 
-    assert code == EXIT_OK and (results["outcome"] == "skipped").all() and (results["attempts"] == 0).all()
+    assert code == EXIT_OK and (results["outcome"] == "would_send").all() and (results["attempts"] == 0).all()
     assert results.loc[[r["invoice_id"] for r in rows], "would_change"].eq("yes").all()
     assert results.loc[[r["invoice_id"] for r in done], "would_change"].eq("no").all()
     assert results.loc["A99999", "would_change"] == "not_found" and results.loc["A99999", "http_status"] == 404
@@ -438,14 +448,33 @@ def test_check_vendors_is_only_a_preview(sandbox, tmp_path, capsys):
 
 def test_vendor_filter(sandbox, tmp_path, capsys):
     rows = seeded_rows(sandbox, 2)
+    rows.append({"invoice_id": "not-hex", "vendor": "accounteer", "decision": "cancel"})  # invalid, left out
+    rows.append({"invoice_id": "A1", "vendor": "appzen", "decision": "approve"})  # invalid, left out
+    rows.append({"invoice_id": "A00000", "vendor": "alfred", "decision": "approve"})  # a duplicate, left out
     path = write_decisions(tmp_path / "f.csv", rows)
     code, _, _ = run(
-        ["run", str(path), "--out", str(tmp_path / "out"), "--vendors", "alfred,modulus", "--no-progress"], capsys
+        ["run", str(path), "--out", str(tmp_path / "out"), "--vendors", "modulus", "--no-progress"], capsys
     )
     results = results_of(tmp_path / "out")
-    assert code == EXIT_OK
-    assert set(results[results["outcome"] == "succeeded"]["vendor"]) == {"alfred", "modulus"}
-    assert sandbox.request_log("appzen") == [] and sandbox.request_log("accounteer") == []
+    assert code == EXIT_OK  # every modulus row succeeded: the others' problems are their own runs'
+    assert set(results[results["outcome"] == "succeeded"]["vendor"]) == {"modulus"}
+    others = results[results["vendor"] != "modulus"]
+    assert (others["outcome"] == "skipped").all() and (others["error_code"] == "VENDOR_NOT_INCLUDED").all()
+    assert others["error_message"].eq("vendor not included in this run (only modulus)").all()
+    assert all(sandbox.request_log(v) == [] for v in ("alfred", "appzen", "accounteer"))
+
+
+def test_vendor_filter_still_rejects_rows_of_no_known_vendor(sandbox, tmp_path, capsys):
+    rows = seeded_rows(sandbox, 1, vendors=("modulus",))
+    rows.append({"invoice_id": "7", "vendor": "modulos", "decision": "approve", "invoice_number": "N-7"})  # a typo
+    path = write_decisions(tmp_path / "f.csv", rows)
+    code, _, _ = run(
+        ["run", str(path), "--out", str(tmp_path / "out"), "--vendors", "modulus", "--no-progress"], capsys
+    )
+    typo = results_of(tmp_path / "out").iloc[1]
+    assert code == EXIT_ROWS_NOT_DONE  # it may be meant for this run: a person must look
+    assert (typo.outcome, typo.error_code) == ("rejected", "INVALID_ROW")
+    assert "found 'modulos': did you mean 'modulus'?" in typo.error_message
 
 
 @pytest.mark.parametrize(
@@ -475,7 +504,11 @@ def test_unusable_file_sends_nothing(sandbox, tmp_path, capsys, name, content, p
 def test_validate_command(tmp_path, capsys):
     code, out, _ = run(["validate", str(SAMPLE_FILE)], capsys)
     assert code == EXIT_ROWS_NOT_DONE
-    assert "22 rows" in out and "row 9:" in out and "row 21:" in out
+    assert "22 rows" in out and "row 21 (invoice 000128): conflicting decisions" in out
+    # the value that was there, with the invoice it belongs to
+    assert "row 18 (invoice 41): vendor must be one of alfred, accounteer, appzen, modulus (found 'sage')" in out
+    assert "row 19 (invoice 000127): decision must be approve or cancel (found 'hold')" in out
+    assert "row 1 is the first row under the header" in out
     good = tmp_path / "good.csv"
     shutil.copy(SAMPLE_FILE, good)
     pd.read_csv(SAMPLE_FILE, dtype=str).iloc[[0, 1]].to_csv(good, index=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -499,24 +501,30 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
     results = pd.read_parquet(decisions_out / "results.parquet")
     assert results["row_number"].tolist() == list(range(1, 23))
 
-    # what the API (and so the UI) shows: parent and subflow states, artifacts
+    # what the API (and so the UI) shows: parent and subflow states and names, artifacts
     parent = read_flow_run(state.state_details.flow_run_id)
     assert parent.state.name == "RowsNotDone" and "good.csv: processed" in parent.state.message
-    children = {run.name: run for run in flow_runs_under(parent.id)}
+    assert parent.name == f"inbox {layout.inbox}: 4 files"  # which inbox, how many files
+    named = re.compile(r"invoice-sync (\S+) \d{4}-\d\d-\d\d \d\d:\d\d UTC")  # the file and the time
+    children = {named.fullmatch(run.name).group(1): run for run in flow_runs_under(parent.id)}
     assert {name: run.state.name for name, run in children.items()} == {
-        "invoice-sync decisions.csv": "RowsNotDone",
-        "invoice-sync good.csv": "Completed",
-        "invoice-sync garbage.csv": "UnusableFile",
-        "invoice-sync notes.txt": "UnusableFile",
+        "decisions.csv": "RowsNotDone",
+        "good.csv": "Completed",
+        "garbage.csv": "UnusableFile",
+        "notes.txt": "UnusableFile",
     }
-    assert children["invoice-sync decisions.csv"].state.message == "10 succeeded, 3 failed, 8 rejected, 1 skipped"
-    assert results["run_id"].iloc[0] == str(children["invoice-sync decisions.csv"].id)
-    markdown = [a for a in artifacts_of(children["invoice-sync decisions.csv"].id) if a.type == "markdown"]
-    assert (
-        markdown
-        and "validation report" in markdown[0].data
-        and str(decisions_out / "validation.html") in markdown[0].data
-    )
+    assert children["decisions.csv"].state.message == "10 succeeded, 3 failed, 8 rejected, 1 skipped"
+    assert children["notes.txt"].state.message.startswith(f"{layout.inbox / 'notes.txt'}: unsupported file type")
+    assert results["run_id"].iloc[0] == str(children["decisions.csv"].id)
+    artifacts = artifacts_of(children["decisions.csv"].id)
+    (markdown,) = [a.data for a in artifacts if a.type == "markdown"]
+    assert "validation report" in markdown and str(decisions_out / "validation.html") in markdown
+    # the file as the analyst dropped it, not the claim folder it was read from
+    assert markdown.startswith("# decisions.csv\n") and f"file: `{layout.inbox / 'decisions.csv'}`" in markdown
+    assert ".claimed" not in markdown and "**11 rows need attention**" in markdown
+    (attention,) = [a for a in artifacts if a.key == "invoice-sync-needs-attention"]
+    failed = {r["invoice_id"]: r["error_code"] for r in json.loads(attention.data) if r["outcome"] == "failed"}
+    assert failed == {"000125": "VENDOR_REJECTED", "000999": "NOT_FOUND", "39": "VENDOR_REJECTED"}
     inbox_table = [a for a in artifacts_of(parent.id) if a.key == "invoice-sync-inbox"]
     assert inbox_table and "garbage.csv" in str(inbox_table[0].data)
 
@@ -629,9 +637,10 @@ def test_a_dry_run_sends_nothing_and_leaves_the_file_to_be_sent(sandbox, tmp_pat
     old(layout.inbox / "good.csv")
     state = ib.process_inbox(str(layout.inbox), settle_seconds=0, dry_run=True, return_state=True)
     assert state.is_completed(), state.message
-    assert state.message == "good.csv: previewed (dry run, left in the inbox) (2 skipped)"
+    assert state.message == "good.csv: previewed (dry run, left in the inbox) (2 would send)"
+    assert read_flow_run(state.state_details.flow_run_id).name == f"inbox {layout.inbox} (dry run): 1 file"
     assert (layout.inbox / "good.csv").exists() and list(layout.claimed.iterdir()) == []
     assert not layout.processed.exists() or list(layout.processed.iterdir()) == []
     results = pd.read_parquet(next(layout.results.iterdir()) / "results.parquet")
-    assert (results["error_message"] == "dry run: would be sent").all()
+    assert (results["outcome"] == "would_send").all() and (results["error_message"] == "dry run: would be sent").all()
     assert sandbox.request_log("alfred") == []

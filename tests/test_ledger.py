@@ -256,6 +256,7 @@ def test_dry_run_consults_the_ledger_without_writing(sandbox, tmp_path, capsys):
     assert run(["run", str(path), "--out", str(tmp_path / "r2"), "--dry-run"], capsys) == EXIT_OK
     dry = pd.read_parquet(tmp_path / "r2" / "results.parquet")
     assert dry["error_code"].tolist()[:2] == ["ALREADY_DONE"] * 2
+    assert dry["outcome"].tolist() == ["skipped"] * 2 + ["would_send"] * 2
     assert dry["error_message"].tolist()[2:] == ["dry run: would be sent"] * 2
     assert len(changing_requests(sandbox, "accounteer")) == 2
 

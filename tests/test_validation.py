@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,6 +77,11 @@ def good_rows() -> list[dict]:
     return [dict(row) for row in GOOD.values()]
 
 
+def rules_broken(report: ValidationReport) -> dict[int, list[str]]:
+    """row_errors without the value each message quotes (" (found 'acme')"): the rules alone."""
+    return {row: [re.sub(r" \(found '.*$", "", text) for text in texts] for row, texts in report.row_errors.items()}
+
+
 # -- the suite --------------------------------------------------------------------------------
 
 
@@ -125,7 +131,7 @@ def test_missing_suite_file(tmp_path: Path) -> None:
 def test_one_good_row_per_vendor_passes(suite, vendor: str) -> None:
     report = validate_decisions(frame(GOOD[vendor]), now=NOW, suite=suite)
     assert isinstance(report, ValidationReport)
-    assert report.row_errors == {}
+    assert rules_broken(report) == {}
     assert report.success
     assert report.rules_checked == len(RULES)
     assert report.rejected_rows() == set()
@@ -138,7 +144,7 @@ def test_all_good_rows_together_pass(suite) -> None:
         {"invoice_id": "anything at all", "vendor": "alfred", "decision": "approve"},
     ]
     report = validate_decisions(frame(*good_rows(), *extra), now=NOW, suite=suite)
-    assert report.row_errors == {} and report.success
+    assert rules_broken(report) == {} and report.success
 
 
 # -- each rule rejects the right row ----------------------------------------------------------
@@ -178,27 +184,59 @@ def test_each_rule_rejects_the_right_row(suite, vendor: str, changes: dict, expe
     bad = {**GOOD[vendor], **changes}
     rows.insert(2, bad)  # row_number 3, among good rows of every vendor
     report = validate_decisions(frame(*rows), now=NOW, suite=suite)
-    assert report.row_errors == {3: expected}
+    assert rules_broken(report) == {3: expected}
     assert report.rejected_rows() == {3}
     assert not report.success
+
+
+def test_messages_quote_the_value_found_and_the_closest_known_one(suite) -> None:
+    rows = [
+        {**GOOD["alfred"], "vendor": "alfredd"},  # a typo of a vendor
+        {**GOOD["alfred"], "decision": "aprove"},  # a typo of a decision
+        {**GOOD["alfred"], "vendor": "sage"},  # not close to anything
+        {**GOOD["modulus"], "void_date": "2023-1-14 19:59:22"},  # a derived column: shown as written
+        {**GOOD["modulus"], "invoice_number": None},  # nothing there: the rule alone
+        {**GOOD["accounteer"], "invoice_id": "x" * 60},  # long values are cut
+    ]
+    errors = validate_decisions(frame(*rows), now=NOW, suite=suite).row_errors
+    assert errors[1] == [f"{RULES[2]} (found 'alfredd': did you mean 'alfred'?)"]
+    assert errors[2] == [f"{RULES[4]} (found 'aprove': did you mean 'approve'?)"]
+    assert errors[3] == [f"{RULES[2]} (found 'sage')"]
+    assert errors[4] == [f"{RULES[11]} (found '2023-1-14 19:59:22')"]
+    assert errors[5] == [RULES[7]]
+    assert errors[6] == [f"{RULES[6]} (found '{'x' * 39}…')"]
+
+
+def test_gx_and_the_report_name_failing_rows_by_row_number(suite, tmp_path) -> None:
+    from flows.pipeline.datadocs import write_data_docs
+
+    df = frame(GOOD["alfred"], {**GOOD["alfred"], "vendor": "acme"})
+    df["row_number"] = [18, 19]
+    report = validate_decisions(df, now=NOW, suite=suite)
+    (failed,) = [r for r in report.result.results if not r.success]
+    assert failed.result["unexpected_index_list"] == [19]  # the row_number, not GX's 0-based index 1
+    page = write_data_docs(report, tmp_path).read_text(encoding="utf-8")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    assert "Unexpected Value Count row_number acme 1 19" in text and ">Index<" not in page
+    assert failed.result["unexpected_index_list"] == [19]  # the report's own result is left as it was
 
 
 def test_na_vendor_is_rejected_without_crashing(suite) -> None:
     rows = [*good_rows(), {"invoice_id": "1", "vendor": None, "decision": "approve"}]
     report = validate_decisions(frame(*rows), now=NOW, suite=suite)
-    assert report.row_errors == {5: ["vendor is required"]}
+    assert rules_broken(report) == {5: ["vendor is required"]}
 
 
 def test_na_everywhere(suite) -> None:
     report = validate_decisions(frame({}), now=NOW, suite=suite)
-    assert report.row_errors == {1: ["invoice_id is required", "vendor is required", "decision is required"]}
+    assert rules_broken(report) == {1: ["invoice_id is required", "vendor is required", "decision is required"]}
 
 
 def test_future_void_date_uses_the_clock_by_default(suite) -> None:
     soon = (datetime.now() + timedelta(days=2)).strftime("%Y-%m-%d %H:%M:%S")
     past = (datetime.now() - timedelta(days=2)).strftime("%Y-%m-%d %H:%M:%S")
     rows = [{**GOOD["modulus"], "void_date": soon}, {**GOOD["modulus"], "void_date": past}]
-    assert validate_decisions(frame(*rows), suite=suite).row_errors == {1: ["void_date must not be in the future"]}
+    assert rules_broken(validate_decisions(frame(*rows), suite=suite)) == {1: ["void_date must not be in the future"]}
 
 
 def test_timezone_aware_now(suite) -> None:
@@ -211,12 +249,12 @@ def test_row_numbers_come_from_the_column_not_the_position(suite) -> None:
     df = frame(GOOD["alfred"], {**GOOD["alfred"], "vendor": "acme"})
     df["row_number"] = [41, 42]
     df.index = [7, 3]  # any index: rows are reported by row_number
-    assert validate_decisions(df, now=NOW, suite=suite).row_errors == {42: [RULES[2]]}
+    assert rules_broken(validate_decisions(df, now=NOW, suite=suite)) == {42: [RULES[2]]}
 
 
 def test_empty_frame(suite) -> None:
     report = validate_decisions(frame(), now=NOW, suite=suite)
-    assert report.row_errors == {} and report.success
+    assert rules_broken(report) == {} and report.success
     assert report.rules_checked == len(RULES)
 
 
@@ -229,12 +267,12 @@ def test_optional_columns_may_be_absent(suite) -> None:
             "decision": pd.array(["approve", "approve"], dtype="string"),
         }
     )
-    assert validate_decisions(df, now=NOW, suite=suite).row_errors == {1: [RULES[7]]}
+    assert rules_broken(validate_decisions(df, now=NOW, suite=suite)) == {1: [RULES[7]]}
 
 
 def test_object_columns_with_none_are_treated_as_missing(suite) -> None:
     df = pd.DataFrame({"row_number": [1], "invoice_id": [None], "vendor": ["alfred"], "decision": ["approve"]})
-    assert validate_decisions(df, now=NOW, suite=suite).row_errors == {1: [RULES[0]]}
+    assert rules_broken(validate_decisions(df, now=NOW, suite=suite)) == {1: [RULES[0]]}
 
 
 def test_caller_frame_is_not_changed(suite) -> None:
@@ -293,7 +331,7 @@ def test_custom_suite_may_read_pass_through_and_absent_columns(tmp_path: Path) -
     )
     df = frame(GOOD["alfred"], {**GOOD["alfred"], "note": "ok"})
     report = validate_decisions(df, now=NOW, suite=load_suite(path))
-    assert report.row_errors == {1: ["note needed", "absent"], 2: ["absent"]}
+    assert rules_broken(report) == {1: ["note needed", "absent"], 2: ["absent"]}
 
 
 def test_from_file_to_report(tmp_path: Path, suite) -> None:
@@ -306,7 +344,7 @@ def test_from_file_to_report(tmp_path: Path, suite) -> None:
         encoding="utf-8",
     )
     report = validate_decisions(read_decisions(path), now=NOW, suite=suite)
-    assert report.row_errors == {2: [RULES[5]]}
+    assert rules_broken(report) == {2: [RULES[5]]}
 
 
 def test_quiet_and_writes_nothing(tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch, suite) -> None:

@@ -383,6 +383,7 @@ def results_frame(n: int = 4) -> pd.DataFrame:
             "finished_at": pd.to_datetime(["2026-11-30 18:00:01.250"] * n, utc=True),
             "run_id": pd.array(["r1"] * n, dtype="string"),
             "note": pd.array(["_x0041_", "ctrl\x01char", None, "-2.5"][:n], dtype="string"),
+            "previous_run_id": pd.array([None] * n, dtype="string"),
         }
     )
 
@@ -401,7 +402,7 @@ def test_results_workbook_keeps_ids_as_text_marks_rows_and_has_a_summary(tmp_pat
     book = openpyxl.load_workbook(path)
     assert book.sheetnames == ["results", "summary"]
     sheet = book["results"]
-    assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref == "A1:L5"
+    assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref == "A1:M5"
     assert all(cell.font.b for cell in sheet[1]) and [c.value for c in sheet[1]] == list(results.columns)
     ids = [sheet.cell(row=r, column=2) for r in range(2, 6)]
     assert [c.value for c in ids] == ["00042", "1234567890123456", "=1+1", "A&B <x>"]
@@ -479,7 +480,13 @@ def test_results_csv_is_safe_and_parquet_keeps_the_values(tmp_path):
 def test_every_error_code_is_decided_for_needs_attention():
     """A new code must be placed: does a person fix the row, or does a later run send it by itself?"""
     by_itself = set(TRANSIENT_CODES) | {ErrorCode.CONFIG_MISSING}
-    nothing_to_do = {ErrorCode.DUPLICATE_ROW, ErrorCode.ALREADY_DONE, ErrorCode.IN_PROGRESS}
+    nothing_to_do = {
+        ErrorCode.DUPLICATE_ROW,
+        ErrorCode.ALREADY_DONE,
+        ErrorCode.IN_PROGRESS,
+        ErrorCode.VENDOR_NOT_INCLUDED,  # another run sends it
+        ErrorCode.ALREADY_IN_STATE,  # succeeded
+    }
     assert set(NEEDS_ATTENTION_CODES) | by_itself | nothing_to_do == set(ErrorCode)
     assert not set(NEEDS_ATTENTION_CODES) & (by_itself | nothing_to_do)
 
@@ -510,7 +517,9 @@ def test_needs_attention_has_the_input_columns_and_is_written_only_when_needed(t
     summary = summary_of(results_frame())
     written = write_needs_attention(attention, summary, tmp_path)
     assert [p.name for p in written] == ["needs_attention.xlsx", "needs_attention.csv"]
-    assert summary.needs_attention_rows == 3 and summary.attention_text() == f"3 rows need attention: {written[0]}"
+    assert summary.needs_attention_paths == [str(p) for p in written] and summary.needs_attention_path == str(
+        written[0]
+    )
     assert pd.read_csv(tmp_path / "needs_attention.csv", dtype=str)["cost_center"].tolist()[0] == "'=1+1"
     back = read_decisions(tmp_path / "needs_attention.xlsx")
     assert values(back, "cost_center")[0] == "=1+1" and values(back, "error_code") == [
@@ -520,7 +529,7 @@ def test_needs_attention_has_the_input_columns_and_is_written_only_when_needed(t
     ]
     # a later run into the same folder with nothing to fix leaves no stale file behind
     assert write_needs_attention(attention.head(0), summary, tmp_path) == []
-    assert not list(tmp_path.glob("needs_attention.*")) and summary.needs_attention_rows == 0
+    assert not list(tmp_path.glob("needs_attention.*")) and summary.needs_attention_path is None
 
 
 def test_validate_command_on_a_workbook(tmp_path, capsys):
@@ -528,7 +537,7 @@ def test_validate_command_on_a_workbook(tmp_path, capsys):
     assert main(["validate", str(path)]) == EXIT_ROWS_NOT_DONE
     out = capsys.readouterr().out
     assert "(sheet 'Decisions', rows as Excel numbers them): 2 rows" in out
-    assert "row 3: cell A3 (invoice_id) holds the Excel error #N/A, not a value" in out
+    assert "row 3 (invoice (none)): cell A3 (invoice_id) holds the Excel error #N/A, not a value" in out
     csv = tmp_path / "d.csv"
     csv.write_text("invoice_id,vendor,decision\n1,alfred,approve\n")
     assert main(["validate", str(csv), "--sheet", "Decisions"]) == EXIT_UNUSABLE
@@ -572,7 +581,8 @@ def test_run_a_workbook_injection_cells_come_out_safe(sandbox, tmp_path, capsys,
     assert values(attention, "invoice_id") == ["A00999", approvals[6]["invoice_id"]]
     assert values(attention, "error_code") == ["NOT_FOUND", "INVALID_ROW"]
     flat = "".join(printed.split())  # the terminal wraps long paths anywhere
-    assert f"2rowsneedattention:{out / 'needs_attention.xlsx'}" in flat and f"workbook:{out / 'results.xlsx'}" in flat
+    assert "2rowsneedattention(1failed,1rejected):" in flat
+    assert f"needsattention:{out / 'needs_attention.xlsx'}" in flat and f"workbook:{out / 'results.xlsx'}" in flat
 
 
 @pytest.mark.e2e

@@ -521,13 +521,15 @@ class VendorClient:
         verdict = attempt.verdict
         now = datetime.now(UTC)
         if verdict.action is Action.SUCCEED:
+            # A plain success's body text ("update Invoice") is the vendor's chatter, not a message
+            # for anyone; a coded success (ALREADY_IN_STATE) keeps the text that explains its code.
             return RowResult(
                 decision.row_number,
                 Outcome.SUCCEEDED,
                 attempt.http_status,
+                verdict.error_code,
                 None,
-                None,
-                redact(verdict.message),
+                redact(verdict.message) if verdict.error_code else "",
                 attempts,
                 now,
             )

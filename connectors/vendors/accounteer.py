@@ -123,7 +123,7 @@ class AccounteerConnector(Connector):
     def read_refusal(self, request: Request, response: Response) -> Verdict | None:
         message, _code = self.error_message(response)
         if response.status_code in (400, 409, 422) and ALREADY_APPROVED.search(message):
-            return Verdict(Action.SUCCEED, message=f"already in that state: {message}")
+            return Verdict(Action.SUCCEED, ErrorCode.ALREADY_IN_STATE, message=f"already in that state: {message}")
         return None
 
     def error_message(self, response: Response) -> tuple[str, str | None]:

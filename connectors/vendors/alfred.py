@@ -75,7 +75,7 @@ class AlfredConnector(Connector):
         message, code = self.error_message(response)
         already = ALREADY.search(message)
         if already and already.group(1).lower() == request.json["status"]:
-            return Verdict(Action.SUCCEED, message=f"already in that state: {message}")
+            return Verdict(Action.SUCCEED, ErrorCode.ALREADY_IN_STATE, message=f"already in that state: {message}")
         return Verdict(Action.FAIL, ErrorCode.VENDOR_REJECTED, code, f"HTTP 422: {message}")
 
     def error_message(self, response: Response) -> tuple[str, str | None]:

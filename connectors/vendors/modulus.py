@@ -103,7 +103,7 @@ class ModulusConnector(Connector):
         message, code = self.error_message(response)
         text = f"HTTP {response.status_code}: {message}"
         if ALREADY.search(message):
-            return Verdict(Action.SUCCEED, message=f"already in that state: {message}")
+            return Verdict(Action.SUCCEED, ErrorCode.ALREADY_IN_STATE, message=f"already in that state: {message}")
         if NOT_FOUND.search(message):
             return Verdict(Action.FAIL, ErrorCode.NOT_FOUND, code, text)
         return Verdict(Action.FAIL, ErrorCode.VENDOR_REJECTED, code, text)

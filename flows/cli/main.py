@@ -29,10 +29,11 @@ def _quiet_defaults(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     if not verbose:
-        # Task-run chatter stays in the Prefect UI; the terminal gets warnings and our summary.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "WARNING")
+        # Prefect's log lines stay in the Prefect UI (and on the terminal with -v): what they say
+        # that matters (rows rejected, a vendor not configured) is in our summary and the results.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,9 +114,10 @@ def exit_now(code: int) -> NoReturn:
     the results, the ledger and the temporary server are already closed; nothing in it is ours.
     """
     if "prefect" in sys.modules:  # logs and events still queued for the Prefect API go out first
-        from flows.orchestration.temporary_server import send_queued_logs_and_events
+        from flows.orchestration.temporary_server import send_queued_logs_and_events, stop_prefects_own_servers
 
         send_queued_logs_and_events()
+        stop_prefects_own_servers()  # os._exit skips the atexit hook that would stop them
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -205,6 +207,7 @@ def run_command(
             with prefect_api() as wait_for_api:  # Prefect's temporary server, if it needs one, boots from here on
                 from prefect.exceptions import TerminationSignal
 
+                from flows.orchestration.final_states import detail_of
                 from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, NOTHING_SENT_STATES, sync_decisions
 
                 if wait_for_api:
@@ -233,7 +236,7 @@ def run_command(
                     print(f"invoice-sync: {state.message}", file=sys.stderr)
                     return EXIT_UNUSABLE
                 # The flow returns a State carrying its RunSummary, which Prefect's types cannot say.
-                summary = cast("RunSummary | BaseException | None", state.result(raise_on_failure=False))
+                summary = cast("RunSummary | BaseException | None", detail_of(state.result(raise_on_failure=False)))
         except PrefectServerError as exc:  # raised before the flow started: nothing was sent
             print(f"invoice-sync: {exc}", file=sys.stderr)
             return EXIT_UNUSABLE
@@ -261,37 +264,71 @@ def _import_great_expectations() -> None:
         load_suite()
 
 
+NEEDS_ATTENTION_SHOWN = 10  # rows listed on the terminal; the results hold them all
+
+
 def print_summary(summary: RunSummary) -> None:
+    """The run on the terminal: outcomes per vendor, the codes, the rows that need a person, the files."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"invoice-sync {'dry run' if summary.dry_run else 'run'} {summary.run_id}")
+    from flows.pipeline.results import outcome_label
+
+    table = Table(title=summary.file_name + (" (dry run: nothing sent)" if summary.dry_run else ""))
     table.add_column("vendor")
     outcomes = list(summary.counts)
     for outcome in outcomes:
-        table.add_column(outcome, justify="right")
-    table.add_column("top errors")
+        table.add_column(outcome_label(outcome), justify="right")
     for vendor, counts in summary.by_vendor.items():
-        errors = ", ".join(f"{code} ({n})" for code, n in summary.top_errors.get(vendor, []))
-        table.add_row(vendor, *(str(counts[o]) for o in outcomes), errors)
-    table.add_row("total", *(str(summary.counts[o]) for o in outcomes), "", style="bold")
-    console = Console()
-    console.print(table)
+        table.add_row(vendor, *(f"{counts[o]:,}" for o in outcomes))
+    table.add_row("total", *(f"{summary.counts[o]:,}" for o in outcomes), style="bold")
+    Console().print(table)
+    # Our own lines are printed as they are: the terminal may wrap them, nothing breaks a path.
+    print(f"{summary.rows:,} rows from {summary.source} in {summary.seconds:.1f} s")
+    if summary.codes:
+        print("codes: " + ", ".join(f"{code} {n:,}" for code, n in summary.codes.items()))
     if summary.checks:
-        console.print(f"the vendors say: {summary.checks_text()}")
-    console.print(f"{summary.rows} rows from {summary.source} in {summary.seconds:.1f} s")
-    console.print(f"results: {summary.results_path}  (spreadsheet copy: {summary.csv_path})")
-    if summary.workbook_path:
-        console.print(f"workbook: {summary.workbook_path}")
-    elif summary.no_workbook_because:
-        console.print(f"no results.xlsx: {summary.no_workbook_because}")
-    if summary.needs_attention_rows:
-        console.print(f"[bold]{summary.attention_text()}[/bold] (fix them there and run it, or drop it into the inbox)")
+        print(f"the vendors say: {summary.checks_text()}")
+    print_needs_attention(summary)
+    for position, note in enumerate(summary.notes()):
+        print(("\n" if position == 0 else "") + note.replace("`", ""))
+    print()
+    files = [("results", summary.results_path), ("spreadsheet copy", summary.csv_path)]
+    files += [("workbook", summary.workbook_path)]
+    files += [("needs attention", summary.needs_attention_path)]
+    files += [("validation report", summary.extra.get("validation_report"))]
+    for label, path in files:
+        if path:
+            print(f"{label + ':':<19} {path}")
+    if summary.no_workbook_because:
+        print(f"no results.xlsx: {summary.no_workbook_because}")
+
+
+def print_needs_attention(summary: RunSummary) -> None:
+    from flows.pipeline.results import rows_text
+
+    total = summary.needs_attention_count
+    if not total:
+        return
+    shown = summary.needs_attention[:NEEDS_ATTENTION_SHOWN]
+    kinds = ", ".join(f"{n:,} {outcome}" for outcome, n in summary.needs_attention_counts.items())
+    print(f"\n{rows_text(total, 'needs', 'need')} attention ({kinds}):")
+    for row in shown:
+        print(
+            f"  row {row['row_number']}: {row['vendor'] or '(no vendor)'} invoice {row['invoice_id'] or '(none)'}"
+            f" ({row['decision'] or 'no decision'}): {row['error_code']}: {row['error_message']}"
+        )
+    where = summary.needs_attention_path or f"{summary.csv_path} (outcome failed or rejected)"
+    if total > len(shown):
+        print(f"  … and {total - len(shown):,} more; all of them are in {where}")
+    if summary.needs_attention_path:
+        print(f"  fix them in {summary.needs_attention_path} and run it, or drop it into the inbox")
 
 
 def validate_command(path: str, show: int, *, sheet: str | None = None) -> int:
     """Read, validate and plan FILE (a workbook's `sheet`); list the rows that would not be sent."""
     import numpy as np
+    import pandas as pd
 
     from flows.pipeline.planning import plan_rows
     from flows.pipeline.reader import UnusableFile, read_decision_file
@@ -311,45 +348,69 @@ def validate_command(path: str, show: int, *, sheet: str | None = None) -> int:
     plan_ = plan_rows(frame, report.row_errors)
     rejected = np.flatnonzero(plan_.outcome == "rejected")
     held = list(zip(frame["row_number"].to_numpy()[rejected].tolist(), plan_.error_message[rejected], strict=True))
+    ids = ["(none)" if pd.isna(i) else str(i) for i in frame["invoice_id"].iloc[rejected[:show]]]
     skipped = int(np.count_nonzero(plan_.outcome == "skipped"))
     where = f"{path} (sheet '{decisions.sheet}', rows as Excel numbers them)" if decisions.sheet else path
     print(
         f"{where}: {len(frame)} rows, {plan_.send_count} would be sent, {len(held)} rejected, {skipped} skipped as duplicates"
     )
-    for row, message in held[:show]:
-        print(f"  row {row}: {message}")
+    if held and show and not decisions.sheet:  # a workbook's rows are as Excel numbers them (said above)
+        print("row numbers count data rows (row 1 is the first row under the header, spreadsheet row 2):")
+    for (row, message), invoice_id in zip(held[:show], ids[:show], strict=False):
+        print(f"  row {row} (invoice {invoice_id}): {message}")
     if len(held) > show:
         print(f"  … and {len(held) - show} more")
     return EXIT_OK if not held else EXIT_ROWS_NOT_DONE
 
 
 def secrets_command(action: str, vendors: list[str] | None = None) -> int:
-    """`invoice-sync secrets push|list`: exit 0, or 2 when the Prefect API cannot be reached."""
+    """`invoice-sync secrets push|list`: exit 0, or 2 when no Prefect server is set or it cannot be reached.
+
+    Secret blocks belong to the Prefect server the workers use: without PREFECT_API_URL (or a
+    profile naming one) `push` refuses rather than write into a temporary API of this machine,
+    and `list` shows the environment only.
+    """
+    from prefect.settings import get_current_settings
+
     from flows.orchestration.secrets import block_name, push_secrets, read_secret_blocks, setting_names
     from flows.pipeline.files import one_line
 
+    api_url = get_current_settings().api.url
+    if not api_url and action == "push":
+        print(
+            "invoice-sync: secrets push saves Secret blocks on the Prefect server the workers use, and no "
+            "PREFECT_API_URL is set: nothing saved. Set it first, e.g. "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api (the server of `make server`)",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    names = setting_names(vendors)
     try:
         if action == "push":
             saved, skipped = push_secrets(vendors)
+            print(f"Prefect server: {api_url}")
             for name in saved:
                 print(f"saved Secret block {name}")
             if skipped:
                 print(f"not set in this environment, not saved: {', '.join(skipped)}")
             if not saved:
                 print("nothing saved: no vendor setting is set in this environment")
-            return 0
-        names = setting_names(vendors)
-        blocks = read_secret_blocks(names)
+            return EXIT_OK
+        blocks = read_secret_blocks(names) if api_url else {}
     except Exception as error:
-        print(f"invoice-sync: cannot reach the Prefect API: {one_line(error, 300)}", file=sys.stderr)
-        return 2
+        print(f"invoice-sync: cannot reach the Prefect API at {api_url}: {one_line(error, 300)}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not api_url:
+        print(
+            "no PREFECT_API_URL set: Secret blocks not read (set it to the server's API to see them)", file=sys.stderr
+        )
     width = max(len(n) for n in names)
     print(f"{'setting':<{width}}  {'environment':<11}  block")
     for name in names:
         in_env = "set" if os.environ.get(name, "").strip() else "-"
-        in_block = block_name(name) if name in blocks else "-"
+        in_block = block_name(name) if name in blocks else ("-" if api_url else "?")
         print(f"{name:<{width}}  {in_env:<11}  {in_block}")
-    return 0
+    return EXIT_OK
 
 
 def alerts_command(args: argparse.Namespace) -> int:

@@ -45,10 +45,11 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
-from prefect.states import Failed, State
+from prefect.states import State
 from pydantic import Field
 
 from flows.orchestration.audit_trail import RunTrail
+from flows.orchestration.final_states import failed
 from flows.pipeline.files import atomic_write
 from flows.pipeline.planning import Plan
 from flows.state.audit import ApprovalOutcome
@@ -176,7 +177,7 @@ def require_approval(
             "for approval in the Prefect UI; or preview it with --dry-run"
         )
         trail.approval(ApprovalOutcome.REFUSED, None, "a command-line run cannot be approved", counts)
-        return Failed(name=APPROVAL_REQUIRED, message=message)
+        return failed(APPROVAL_REQUIRED, message)
 
     plan_path = _publish_plan(frame, plan_, counts, trail, out_dir, settings)
     deadline = time.monotonic() + settings.timeout
@@ -209,7 +210,7 @@ def require_approval(
             hours = settings.timeout / 3600
             reason = f"nothing sent: no one approved within {hours:g} h (INVOICE_SYNC_APPROVAL_TIMEOUT)"
             trail.approval(ApprovalOutcome.TIMED_OUT, None, reason, counts)
-            return Failed(name=APPROVAL_TIMED_OUT, message=reason)
+            return failed(APPROVAL_TIMED_OUT, reason)
         pauses += 1
         approver = answer.approver.strip()
         why_not = refusal(approver, trail)
@@ -220,7 +221,7 @@ def require_approval(
         if answer.decision == "reject":
             reason = answer.reason.strip() or "no reason given"
             trail.approval(ApprovalOutcome.REJECTED, approver, reason, counts)
-            return Failed(name=REJECTED, message=f"nothing sent: rejected by {approver}: {reason}")
+            return failed(REJECTED, f"nothing sent: rejected by {approver}: {reason}")
         trail.approval(ApprovalOutcome.APPROVED, approver, answer.reason.strip(), counts)
         logger.info("approved by %s: sending %d rows", approver, plan_.send_count)
         return None
@@ -260,7 +261,7 @@ def _publish_plan(
     create_markdown_artifact(
         "\n".join(
             [
-                f"# Waiting for approval: {Path(trail.path).name}",
+                f"# Waiting for approval: {trail.name}",
                 f"- file SHA-256: `{trail.sha256}`",
                 f"- started by: {trail.who.line()}",
                 f"- decided_by in the file: {', '.join(trail.decided_by) or '(none)'}",
@@ -291,7 +292,7 @@ def _publish_plan(
 def _form_text(counts: Mapping[str, Mapping[str, int]], trail: RunTrail, plan_path: Path | None, refused: bool) -> str:
     total = sum(sum(c.values()) for c in counts.values())
     lines = [
-        f"**{total} rows** of `{Path(trail.path).name}` (SHA-256 `{trail.sha256}`) wait to be sent: "
+        f"**{total} rows** of `{trail.name}` (SHA-256 `{trail.sha256}`) wait to be sent: "
         + "; ".join(f"{v}: " + ", ".join(f"{n} {d}" for d, n in by.items()) for v, by in counts.items()),
         f"Every row: `{plan_path}` (and the run's artifacts).",
         "You may not approve a file you decided in, submitted or own.",

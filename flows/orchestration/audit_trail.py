@@ -91,6 +91,7 @@ class RunTrail:
     path: str
     who: Who
     dry_run: bool
+    source_name: str | None = None  # the file as a person knows it (the inbox reads it from a claim folder)
     sheet: str | None = None
     vendors: list[str] | None = None
     out_dir: str | None = None
@@ -111,6 +112,7 @@ class RunTrail:
             started_by=self.who.line(),
             dry_run=self.dry_run,
             source_path=self.path,
+            source_name=self.name,
             source_bytes=self.fingerprint[0] if self.fingerprint else None,
             source_sha256=self.fingerprint[1] if self.fingerprint else None,
             sheet=self.sheet,
@@ -129,6 +131,10 @@ class RunTrail:
         )
         self.ledger.append_audit(registration.entry())
         self.registered = True
+
+    @property
+    def name(self) -> str:
+        return Path(self.source_name or self.path).name
 
     @property
     def sha256(self) -> str | None:
@@ -162,7 +168,7 @@ class RunTrail:
         facts = {
             "run_id": self.run_id,
             "chain_head": self.head,
-            "source": self.path,
+            "source": self.source_name or self.path,
             "source_sha256": self.sha256,
             "started_by": self.who.line(),
             "submitted_by": self.who.submitted_by,

@@ -121,7 +121,7 @@ def alert_text(summary: RunSummary, outcome: RunOutcome, deployment: str | None)
         lines.append(f"retry round {outcome.retry.number} of {outcome.retry.of}, of run {outcome.retry.retries_run}")
     lines.append("per vendor (share not done, top error codes):")
     for vendor, counts in summary.by_vendor.items():
-        errors = ", ".join(f"{code} ({n})" for code, n in summary.top_errors.get(vendor, [])) or "-"
+        errors = ", ".join(f"{code} ({n})" for code, n in summary.top_codes(vendor)) or "-"
         shown = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
         lines.append(f"  {vendor}: {shown}; {outcome.shares.get(vendor, 0.0):.1%} not done; {errors}")
     if summary.stopped_by:
@@ -212,7 +212,7 @@ def emit_run_finished(summary: RunSummary, results: pd.DataFrame, retry: RetryRo
             "results_dir": str(Path(summary.results_path).parent) if summary.results_path else None,
             "counts": summary.counts,
             "by_vendor": summary.by_vendor,
-            "top_errors": {v: [[c, n] for c, n in errors] for v, errors in summary.top_errors.items()},
+            "top_errors": {v: [[c, n] for c, n in summary.top_codes(v)] for v in summary.codes_by_vendor},
             "shares": outcome.shares,
             "transient": outcome.transient,
             "threshold": outcome.threshold,

@@ -12,12 +12,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed, Failed
+from prefect.states import Cancelled, Completed
 
 from connectors.registry import UnknownVendor, parse_vendors
 from flows.orchestration.approval import NOT_APPROVED_STATES
+from flows.orchestration.final_states import failed
 from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, sync_decisions
+from flows.pipeline.files import one_line
 from flows.pipeline.results import NEEDS_ATTENTION_CSV, NEEDS_ATTENTION_WORKBOOK
 from flows.pipeline.workbook_reader import WORKBOOK_SUFFIXES
 from flows.state.inbox_folder import (
@@ -57,7 +59,27 @@ def _run_is_finished(token: str) -> bool:
     return run.state is not None and run.state.is_final()
 
 
-@flow(name="process-inbox", log_prints=False)
+def run_name() -> str:
+    """The flow run's name at its start: `inbox data/inbox`; `_rename_run` adds the files taken."""
+    parameters = flow_run.parameters
+    return f"inbox {parameters.get('inbox', 'data/inbox')}" + (" (dry run)" if parameters.get("dry_run") else "")
+
+
+def _rename_run(logger, what: str) -> None:
+    """`inbox data/inbox: 2 files`: the run's name says how much it took, in the runs list too."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_name(uuid.UUID(str(run_id)), f"{run_name()}: {what}")
+    except Exception as error:  # a name is worth a warning, never the run
+        logger.warning("could not rename the flow run: %s", one_line(error))
+
+
+@flow(name="process-inbox", flow_run_name=run_name, log_prints=False)
 def process_inbox(
     inbox: str = "data/inbox",
     dry_run: bool = False,
@@ -130,9 +152,9 @@ def _process_inbox(
     try:
         vendors = parse_vendors(vendors)
     except UnknownVendor as error:
-        return Failed(name="BadParameters", message=str(error))
+        return failed("BadParameters", str(error))
     if chunk_size < 1:
-        return Failed(name="BadParameters", message="chunk_size must be at least 1")
+        return failed("BadParameters", "chunk_size must be at least 1")
     layout = InboxLayout.of(inbox, processed_dir, rejected_dir, results_root)
     layout.create()
 
@@ -143,6 +165,7 @@ def _process_inbox(
         logger.info("still being written, left for the next run: %s", ", ".join(settling))
     token = new_claim_token(str(flow_run.get_id() or "") or None)
     claimed = claim_ready(layout, ready, token, max_files)
+    _rename_run(logger, f"{len(claimed)} file{'' if len(claimed) == 1 else 's'}" if claimed else "no file ready")
     if not claimed:
         return Completed(
             message=f"no file ready in {layout.inbox}" + (f" ({len(settling)} still being written)" if settling else "")
@@ -159,6 +182,7 @@ def _process_inbox(
         rows.append(
             _process_one(
                 layout,
+                inbox,
                 path,
                 dry_run,
                 vendors,
@@ -178,11 +202,12 @@ def _process_inbox(
     if all(r["state"] == "Completed" for r in rows):
         return Completed(message=text, data=rows)
     name = "RowsNotDone" if any(r["state"] == "RowsNotDone" for r in rows) else "FilesRejected"
-    return Failed(name=name, message=text, data=rows)
+    return failed(name, text, rows)
 
 
 def _process_one(
     layout: InboxLayout,
+    inbox: str,
     path: Path,
     dry_run,
     vendors,
@@ -196,8 +221,9 @@ def _process_one(
     """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
     when = stamp()
     out = results_dir(layout, path, when)
+    source = str(Path(inbox) / path.name)  # where it was dropped, not its claim folder
     try:
-        state = sync_decisions.with_options(flow_run_name=f"invoice-sync {path.name}")(
+        state = sync_decisions(
             str(path),
             out_dir=str(out),
             dry_run=dry_run,
@@ -207,13 +233,14 @@ def _process_one(
             settings_from_blocks=settings_from_blocks,
             check_vendors=check_vendors,
             sheet=sheet if path.suffix.lower() in WORKBOOK_SUFFIXES else None,
+            source_name=source,
             submitted_by=submitted_by,
             return_state=True,
         )
         name, message = state.name, state.message or ""
     except Exception as error:  # the subflow could not even start: the file must not be lost
         state, name, message = None, "Crashed", f"{type(error).__name__}: {error}"
-    message = message.replace(str(path), path.name)  # the claim folder means nothing to a reader
+    message = message.replace(str(path), path.name).replace(source, path.name)  # this table names the file
 
     attention = _attention(out) if name in PROCESSED_STATES else None
     if name in PROCESSED_STATES and dry_run:  # a rehearsal: nothing sent, so the file stays to be sent

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import Cancelled, Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.redact import install_log_redaction
+from connectors.registry import VENDORS
 from connectors.vocabulary import ErrorCode, RowResult, VendorCheck
 from flows.orchestration.approval import APPROVAL_REQUIRED, ApprovalSettings, require_approval
 from flows.orchestration.artifacts import publish
 from flows.orchestration.audit_trail import RunTrail, who_started
 from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch, preview
 from flows.orchestration.events import RetryRound, emit_run_finished
+from flows.orchestration.final_states import failed
 from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.pipeline.datadocs import write_data_docs
 from flows.pipeline.files import one_line
@@ -79,7 +83,7 @@ def validate(frame: pd.DataFrame, error_cells: tuple[ErrorCell, ...] = ()) -> Va
 @task(cache_policy=NO_CACHE)
 def plan(frame: pd.DataFrame, report: ValidationReport, vendors: list[str] | None) -> Plan:
     """Decide each row's fate before sending: rejected, duplicate, conflicting, or to send."""
-    return plan_rows(frame, report.row_errors, vendors)
+    return plan_rows(frame, report.row_errors, vendors, known_vendors=VENDORS)
 
 
 @task(cache_policy=NO_CACHE)
@@ -105,7 +109,7 @@ def write_spreadsheets(decisions: DecisionFile, results: pd.DataFrame, summary: 
         write_needs_attention(needs_attention(decisions.frame, results), summary, out_dir, sheet=decisions.sheet)
     except Exception as exc:
         logger.warning("needs_attention files not written: %s", one_line(exc))
-    if summary.needs_attention_rows:
+    if summary.needs_attention_path:
         logger.warning("%s", summary.attention_text())
     try:
         write_results_workbook(results, summary, out_dir)
@@ -115,9 +119,23 @@ def write_spreadsheets(decisions: DecisionFile, results: pd.DataFrame, summary: 
         logger.warning("no results.xlsx: %s", summary.no_workbook_because)
 
 
+def run_name() -> str:
+    """The flow run's name: the file and the time, `invoice-sync decisions.csv 2026-11-30 18:00 UTC`."""
+    parameters = flow_run.parameters
+    name = Path(str(parameters.get("source_name") or parameters.get("path") or "")).name
+    return f"invoice-sync {name} {datetime.now(UTC):%Y-%m-%d %H:%M} UTC" + (
+        " (dry run)" if parameters.get("dry_run") else ""
+    )
+
+
 # `flow()` takes a TaskRunner[PrefectFuture[Any]] and that parameter is invariant, so no concrete
 # runner fits, not even ThreadPoolTaskRunner, Prefect's default and documented choice (it casts its own).
-@flow(name="invoice-sync", task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS), log_prints=False)  # type: ignore[arg-type]
+@flow(
+    name="invoice-sync",
+    flow_run_name=run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS),  # type: ignore[arg-type]
+    log_prints=False,
+)
 def sync_decisions(
     path: str,
     out_dir: str = "data/results",
@@ -132,11 +150,14 @@ def sync_decisions(
     retry_rounds: int = 0,
     retries_run: str | None = None,
     sheet: str | None = None,
+    source_name: str | None = None,
     submitted_by: str | None = None,
 ) -> State:
     """Send every valid decision in `path` to its vendor and write one result row per input row.
 
     `sheet` names the worksheet to read when `path` is an Excel workbook (default: the first).
+    `source_name` is the file as a person knows it, when `path` is not (the inbox claims a
+    file into a folder of its own first): it names the run, the summary and the artifacts.
     `check_vendors` with `dry_run`: a preview that reads, for every decision that would be
     sent, the invoice's current state at its vendor (nothing is written, the ledger unchanged).
     `retry_round` (of `retry_rounds`, retrying the run `retries_run`) is set by `retry-failed` only.
@@ -154,6 +175,7 @@ def sync_decisions(
             path,
             who_started(submitted_by),
             dry_run,
+            source_name=source_name,
             sheet=sheet,
             vendors=vendors,
             out_dir=out_dir,
@@ -173,12 +195,13 @@ def sync_decisions(
                 RetryRound(retry_round, retry_rounds, retries_run),
                 stop,
                 sheet,
+                source_name,
                 ledger=ledger,
                 trail=trail,
             )
         except BaseException as exc:  # a crash still ends the run's chain (a kill -9 leaves it unfinished)
             if trail.registered:
-                trail.finish(Failed(name="Crashed", message=f"{type(exc).__name__}: {exc}"), None, None, None)
+                trail.finish(failed("Crashed", f"{type(exc).__name__}: {exc}"), None, None, None)
             raise
         finally:
             ledger.close()
@@ -197,6 +220,7 @@ def _sync(
     retry: RetryRound,
     stop: RunStop,
     sheet: str | None,
+    source_name: str | None,
     *,
     ledger: Ledger,
     trail: RunTrail,
@@ -209,33 +233,42 @@ def _sync(
     decisions = read_file(path, sheet)
     trail.register(None if isinstance(decisions, NothingSent) else decisions.frame)
     if isinstance(decisions, NothingSent):
-        logger.info("nothing sent: %s", decisions.message)  # the state says it; the terminal gets one line
-        return _ended(trail, Failed(name=decisions.state, message=decisions.message))
+        message = decisions.message.replace(path, source_name) if source_name else decisions.message
+        logger.info("nothing sent: %s", message)  # the state says it; the terminal gets one line
+        return _ended(trail, failed(decisions.state, message))
     frame = decisions.frame
     report = validate(frame, decisions.error_cells)
     if isinstance(report, NothingSent):
         logger.info("%s", report.message)
-        return _ended(trail, Failed(name=report.state, message=report.message), len(frame))
+        return _ended(trail, failed(report.state, report.message), len(frame))
     plan_ = plan(frame, report, vendors)
     if check_vendors and not dry_run:
         logger.warning("check_vendors previews a dry run only: ignored, the decisions are sent")
     checks: list[VendorCheck] | None = [] if check_vendors and dry_run else None
     sent = consult_ledger(frame, plan_, ledger, retry_failed)
-    logger.info("%s: %d rows, %d to send, %d rejected", path, len(frame), plan_.send_count, len(report.row_errors))
+    logger.info(
+        "%s: %d rows, %d to send, %d rejected",
+        source_name or path,
+        len(frame),
+        plan_.send_count,
+        len(report.row_errors),
+    )
     if not dry_run and plan_.send_count:
         not_approved = require_approval(frame, plan_, trail, out_dir)
         if not_approved is not None:
             logger.warning("%s", not_approved.message)
             return _ended(trail, not_approved, len(frame))
         sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks, stop)
+    ledger_place = ledger.describe()
     if checks is not None and plan_.send_count:  # reads only: nothing is recorded
         checks += preview(frame, plan_, chunk_size, show_progress, settings_from_blocks, stop)
 
     results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run, checks=checks)
     parquet_path, csv_path = write_results(results, out_dir)
     stopped_by = stop.signal.name if stop.is_set() and stop.signal is not None else None
-    summary = summarize(results, run_id, path, dry_run=dry_run, stopped_by=stopped_by)
+    summary = summarize(results, run_id, source_name or path, dry_run=dry_run, stopped_by=stopped_by)
     summary.results_path, summary.csv_path = str(parquet_path), str(csv_path)
+    summary.extra["ledger"] = ledger_place
     write_spreadsheets(decisions, results, summary, out_dir)
     try:  # the GX Data Docs page beside the results; an extra: never lose the run over it
         summary.extra["validation_report"] = str(write_data_docs(report, out_dir, source=path))
@@ -248,11 +281,7 @@ def _sync(
         state = Cancelled(message=summary.stop_text(), data=summary)
     else:
         text = summary.counts_text() + (f"; {summary.checks_text()}" if summary.checks else "")
-        state = (
-            Completed(message=text, data=summary)
-            if summary.all_done
-            else Failed(name="RowsNotDone", message=text, data=summary)
-        )
+        state = Completed(message=text, data=summary) if summary.all_done else failed("RowsNotDone", text, summary)
     summary.extra["audit_chain_head"] = trail.finish(state, summary.rows, summary.counts, summary.results_path)
     trail.write_copy(out_dir)
     publish(summary)

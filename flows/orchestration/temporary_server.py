@@ -295,6 +295,19 @@ def prefect_api() -> Iterator[Callable[[], None] | None]:
             send_queued_logs_and_events()
 
 
+def stop_prefects_own_servers() -> None:
+    """Stop the temporary servers Prefect's client launched itself (`SubprocessASGIServer`), if any.
+
+    Prefect stops them in an atexit hook, which a process leaving with `os._exit` never runs:
+    a command that reached Prefect's client outside `prefect_api()` would leave one behind.
+    """
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None:  # only that module launches them: none was started
+        return
+    for server in list(server_module.SubprocessASGIServer._instances.values()):
+        server.stop()
+
+
 def send_queued_logs_and_events() -> None:
     """Send the logs and events Prefect still holds; it would at exit, when the server may be gone."""
     from prefect.events.worker import EventsWorker

@@ -6,12 +6,15 @@ without a data context, a site or any store. The page needs no network and no ot
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 from flows.pipeline.files import atomic_write
+from flows.pipeline.reader import ROW_NUMBER
 from flows.pipeline.validation import ValidationReport, gx_quietly
 
 DATA_DOCS_FILE = "validation.html"
@@ -59,7 +62,7 @@ def write_data_docs(report: ValidationReport, out_dir: str | os.PathLike, *, sou
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 
-        document = ValidationResultsPageRenderer().render(report.result)
+        document = ValidationResultsPageRenderer().render(_by_row_number(report.result))
         html = DefaultJinjaPageView().render(document)
     html = _standalone(html, source)
     out = Path(out_dir)
@@ -67,6 +70,31 @@ def write_data_docs(report: ValidationReport, out_dir: str | os.PathLike, *, sou
     target = out / DATA_DOCS_FILE
     atomic_write(target, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return target
+
+
+def _by_row_number(result: Any) -> Any:
+    """The result with its failing rows under a `row_number` heading instead of GX's "Index".
+
+    The validation ran on a frame indexed by row_number, so GX listed the failing rows by their
+    row numbers already; this puts them in the shape GX gives for unexpected_index_column_names
+    (one {column: value, "row_number": n} per row), which its renderer heads with the column's
+    name. Copies: the report's own result is left as GX made it.
+    """
+    relabelled = copy.copy(result)
+    relabelled.results = []
+    for outcome in result.results:
+        found = outcome.result or {}
+        column = (outcome.expectation_config.kwargs or {}).get("column")
+        rows, values = found.get("unexpected_index_list"), found.get("unexpected_list")
+        if isinstance(column, str) and rows and values is not None and len(rows) == len(values):
+            outcome = copy.copy(outcome)
+            outcome.result = {
+                **found,
+                "unexpected_index_list": [{column: v, ROW_NUMBER: r} for v, r in zip(values, rows, strict=True)],
+                "unexpected_index_column_names": [ROW_NUMBER],
+            }
+        relabelled.results.append(outcome)
+    return relabelled
 
 
 def _standalone(html: str, source: str | None) -> str:

@@ -44,16 +44,32 @@ def plan_rows(
     frame: pd.DataFrame,
     row_errors: dict[int, list[str]],
     vendors: Iterable[str] | None = None,
+    known_vendors: Iterable[str] = (),
 ) -> Plan:
-    """Fix the fate of every row that will not be sent, and list the ones that will."""
+    """Fix the fate of every row that will not be sent, and list the ones that will.
+
+    With `vendors`, the rows of the other `known_vendors` are left out on purpose: `skipped`
+    (VENDOR_NOT_INCLUDED) whether they are valid or not, since they are another run's to send
+    and to report. A row whose vendor is missing or unknown is still checked, and rejected: it
+    may be meant for this run.
+    """
     n = len(frame)
     outcome = np.full(n, None, dtype=object)
     error_code = np.full(n, None, dtype=object)
     message = np.full(n, "", dtype=object)
     row_numbers = frame["row_number"].to_numpy()
 
+    if vendors is not None:
+        chosen = list(vendors)
+        others = [v for v in known_vendors if v not in chosen]
+        left_out = frame["vendor"].isin(others).fillna(False).to_numpy(dtype=bool)
+        outcome[left_out] = Outcome.SKIPPED.value
+        error_code[left_out] = ErrorCode.VENDOR_NOT_INCLUDED.value
+        message[left_out] = f"vendor not included in this run (only {', '.join(chosen)})"
+
     if row_errors:
         rejected = np.flatnonzero(np.isin(row_numbers, np.fromiter(row_errors, dtype=np.int64)))
+        rejected = rejected[outcome[rejected] == None]  # noqa: E711 - a left-out vendor's rows stay skipped
         outcome[rejected] = Outcome.REJECTED.value
         error_code[rejected] = ErrorCode.INVALID_ROW.value
         message[rejected] = ["; ".join(row_errors[int(row_numbers[i])]) for i in rejected]
@@ -61,11 +77,11 @@ def plan_rows(
     open_ = outcome == None  # noqa: E711 - elementwise comparison on an object array
     _mark_repeats(frame, open_, row_numbers, outcome, error_code, message)
 
-    if vendors is not None:
-        chosen = set(vendors)
-        left_out = (outcome == None) & ~frame["vendor"].isin(chosen).to_numpy()  # noqa: E711
-        outcome[left_out] = Outcome.SKIPPED.value
-        message[left_out] = "vendor not included in this run"
+    if vendors is not None:  # never send to a vendor that was not chosen, whatever the rules let through
+        stray = (outcome == None) & ~frame["vendor"].isin(chosen).fillna(False).to_numpy(dtype=bool)  # noqa: E711
+        outcome[stray] = Outcome.SKIPPED.value
+        error_code[stray] = ErrorCode.VENDOR_NOT_INCLUDED.value
+        message[stray] = f"vendor not included in this run (only {', '.join(chosen)})"
 
     sendable = np.flatnonzero(outcome == None)  # noqa: E711
     vendor_of = frame["vendor"].to_numpy()[sendable]

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -57,21 +58,24 @@ NEEDS_ATTENTION_CODES = frozenset(
 )
 
 
+NEEDS_ATTENTION = (Outcome.FAILED.value, Outcome.REJECTED.value)  # the outcomes of the rows a person must act on
+NEEDS_ATTENTION_LISTED = 300  # rows of them a summary carries (the terminal, the Prefect UI); all are in the files
+NEEDS_ATTENTION_COLUMNS = ["row_number", "invoice_id", "vendor", "decision", "outcome", "error_code", "error_message"]
+
+
 @dataclass
 class RunSummary:
     """Counts a person (and the CLI's exit code) needs after a run."""
 
     run_id: str
-    source: str
+    source: str  # the file as a person knows it (for the inbox: where it was dropped)
     rows: int
     counts: dict[str, int]  # outcome -> rows
     by_vendor: dict[str, dict[str, int]]  # vendor -> outcome -> rows
-    top_errors: dict[str, list[tuple[str, int]]]  # vendor -> [(error_code, rows)]
     results_path: str | None = None
     csv_path: str | None = None
     workbook_path: str | None = None  # results.xlsx
     no_workbook_because: str | None = None  # why there is no results.xlsx (too big for Excel)
-    needs_attention_rows: int = 0
     needs_attention_paths: list[str] = field(default_factory=list)  # the .xlsx (if it fits), then the .csv
     dry_run: bool = False
     seconds: float = 0.0
@@ -82,6 +86,12 @@ class RunSummary:
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM": the run was stopped before it was done
     sent: int = 0  # rows whose request went out in this run
     not_sent: int = 0  # rows the stop kept from being sent (INTERRUPTED, attempts 0)
+    codes: dict[str, int] = field(default_factory=dict)  # error_code -> rows, most frequent first
+    codes_by_vendor: dict[str, dict[str, int]] = field(default_factory=dict)  # vendor -> error_code -> rows
+    # The rows a person must fix or decide (NEEDS_ATTENTION_CODES): outcome -> rows, and the first of them.
+    needs_attention_counts: dict[str, int] = field(default_factory=dict)
+    needs_attention: list[dict[str, object]] = field(default_factory=list)
+    reported_again: int = 0  # permanent failures of an earlier run reported again without a call
 
     def stop_text(self) -> str:
         """What a stopped run says: rows sent, rows not sent, then the counts."""
@@ -92,8 +102,51 @@ class RunSummary:
         """Every row succeeded or was skipped."""
         return self.counts.get("failed", 0) == 0 and self.counts.get("rejected", 0) == 0
 
+    @property
+    def needs_attention_count(self) -> int:
+        """Rows a person must fix or decide (failed or rejected with a NEEDS_ATTENTION_CODES code)."""
+        return sum(self.needs_attention_counts.values())
+
+    @property
+    def needs_attention_path(self) -> str | None:
+        """The file of those rows to fix and drop back (the workbook if it fits, else the CSV)."""
+        return self.needs_attention_paths[0] if self.needs_attention_paths else None
+
+    @property
+    def file_name(self) -> str:
+        return Path(self.source).name
+
     def counts_text(self) -> str:
-        return ", ".join(f"{n} {o}" for o, n in self.counts.items() if n) or "no rows"
+        return ", ".join(f"{n} {outcome_label(o)}" for o, n in self.counts.items() if n) or "no rows"
+
+    def notes(self) -> list[str]:
+        """What a person should know beyond the counts, one line each (`code` in backticks): rows an
+        earlier run already did or a vendor already had, and how to send them again."""
+        said: list[str] = []
+        done = self.codes.get(ErrorCode.ALREADY_DONE.value, 0)
+        if done:
+            said.append(
+                f"{rows_text(done, 'was', 'were')} already done by an earlier run (`ALREADY_DONE`) and not sent "
+                f"again; to send {_them(done)} again, start from a fresh ledger (`INVOICE_SYNC_STATE_DIR` set to "
+                f"another folder). This run's ledger: `{self.extra.get('ledger', 'data/state/ledger.sqlite')}`."
+            )
+        if self.reported_again:
+            said.append(
+                f"{rows_text(self.reported_again, 'was', 'were')} refused for good in an earlier run and "
+                f"reported again without a call; `invoice-sync run --retry-failed` sends {_them(self.reported_again)} "
+                "again."
+            )
+        already = self.codes.get(ErrorCode.ALREADY_IN_STATE.value, 0)
+        if already:
+            said.append(
+                f"{rows_text(already, 'was', 'were')} already in that state at the vendor (`ALREADY_IN_STATE`): "
+                "nothing changed there; counted as succeeded."
+            )
+        return said
+
+    def top_codes(self, vendor: str, n: int = 3) -> list[tuple[str, int]]:
+        """A vendor's `n` most frequent error codes, with their rows."""
+        return list(self.codes_by_vendor.get(vendor, {}).items())[:n]
 
     def checks_text(self, vendor: str | None = None) -> str:
         """ "would change N, already done M, not found K, unknown U" (empty without a preview)."""
@@ -102,10 +155,24 @@ class RunSummary:
 
     def attention_text(self) -> str:
         """One line naming the needs-attention file, or "" when no row needs a person."""
-        if not self.needs_attention_rows:
+        total = self.needs_attention_count
+        if not total or not self.needs_attention_path:
             return ""
-        rows = f"{self.needs_attention_rows} row{'s' if self.needs_attention_rows != 1 else ''}"
-        return f"{rows} need{'s' if self.needs_attention_rows == 1 else ''} attention: {self.needs_attention_paths[0]}"
+        return f"{rows_text(total, 'needs', 'need')} attention: {self.needs_attention_path}"
+
+
+def _them(n: int) -> str:
+    return "it" if n == 1 else "them"
+
+
+def rows_text(n: int, singular_verb: str = "", plural_verb: str = "") -> str:
+    """`1 row was`, `2,000 rows were`."""
+    return f"{n:,} row {singular_verb}".rstrip() if n == 1 else f"{n:,} rows {plural_verb}".rstrip()
+
+
+def outcome_label(outcome: str) -> str:
+    """An outcome as a person reads it: `would_send` is "would send"."""
+    return outcome.replace("_", " ")
 
 
 def preview_text(counts: dict[str, int]) -> str:
@@ -165,7 +232,7 @@ def assemble_results(
         message[i] = f"dry run: would be sent; {c.message}" if c.message else "dry run: would be sent"
     if unsent.any():
         if dry_run:
-            outcome[unsent] = Outcome.SKIPPED.value
+            outcome[unsent] = Outcome.WOULD_SEND.value
             unread = unsent & (would_change == None)  # noqa: E711
             message[unread] = "dry run: would be sent"
             if checks is not None:  # a preview row whose read left no answer (its chunk crashed): say so
@@ -261,11 +328,18 @@ def _summary_sheet(summary: RunSummary) -> TableSheet:
     rows.append(["total", *(summary.counts.get(o, 0) for o in outcomes), summary.rows])
     rows += [[], ["vendor", "top error codes", "rows"]]
     bold.add(len(rows) - 1)
-    for vendor, errors in summary.top_errors.items():
-        rows += [[vendor, code, count] for code, count in errors]
-    if summary.no_workbook_because is None and summary.needs_attention_rows:
+    for vendor in summary.codes_by_vendor:
+        rows += [[vendor, code, count] for code, count in summary.top_codes(vendor)]
+    if summary.no_workbook_because is None and summary.needs_attention_count:
         rows += [[], ["needs attention", summary.attention_text()]]
     return TableSheet("summary", rows, bold=bold, widths=[18.0, 40.0, *[11.0] * len(outcomes)])
+
+
+def needs_attention_mask(results: pd.DataFrame) -> np.ndarray:
+    """True for each result row a person must fix or decide (see NEEDS_ATTENTION_CODES)."""
+    codes = [code.value for code in NEEDS_ATTENTION_CODES]
+    wanted = results["outcome"].isin(NEEDS_ATTENTION) & results["error_code"].isin(codes)
+    return wanted.fillna(False).to_numpy(dtype=bool)
 
 
 def needs_attention(frame: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
@@ -274,9 +348,7 @@ def needs_attention(frame: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     `frame` is the input as read, `results` its results (same rows, same order). Columns named
     error_code or reason in the input (a needs-attention file dropped back) give way to the new ones.
     """
-    codes = [code.value for code in NEEDS_ATTENTION_CODES]
-    wanted = results["outcome"].isin([Outcome.FAILED.value, Outcome.REJECTED.value]) & results["error_code"].isin(codes)
-    chosen = wanted.fillna(False).to_numpy(dtype=bool)
+    chosen = needs_attention_mask(results)
     columns = [c for c in frame.columns if c != ROW_NUMBER and c not in ATTENTION_COLUMNS]
     attention = frame.loc[chosen, columns].reset_index(drop=True)
     attention["error_code"] = results.loc[chosen, "error_code"].reset_index(drop=True)
@@ -307,7 +379,6 @@ def write_needs_attention(
         written.append(csv_copy)
     else:
         csv_copy.unlink(missing_ok=True)
-    summary.needs_attention_rows = len(attention)
     summary.needs_attention_paths = [str(p) for p in written]
     return written
 
@@ -354,10 +425,11 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 # -- results.csv, fast --------------------------------------------------------------------------
 # `results.to_csv(path, index=False)` is slow for a million rows (most of it formatting the
-# zone-aware finished_at one Timestamp at a time). `_write_csv` writes the same bytes, built
-# column by column in Arrow: the same quoting (csv.QUOTE_MINIMAL: a field is quoted when it
-# holds a character below, quotes doubled), NA as an empty field, "\n" line ends. A column of
-# any other dtype (floats, bools, objects) makes it hand the whole frame to pandas.
+# zone-aware finished_at one Timestamp at a time). `_write_csv` writes the bytes pandas would
+# write for the frame with its UTC times cut to whole seconds (`_in_seconds`), built column by
+# column in Arrow: the same quoting (csv.QUOTE_MINIMAL: a field is quoted when it holds a
+# character below, quotes doubled), NA as an empty field, "\n" line ends. A column of any other
+# dtype (floats, bools, objects) makes it hand the whole frame to pandas, times cut the same way.
 
 
 def _csv_specials() -> str:
@@ -387,7 +459,7 @@ def _write_csv(results: pd.DataFrame, path: str | os.PathLike, rows_per_write: i
 
     # No rows, or one column (csv quotes an empty single field): nothing to gain, pandas writes it.
     if not len(results) or results.shape[1] < 2:
-        results.to_csv(path, index=False)
+        _in_seconds(results).to_csv(path, index=False)
         return
 
     def column_cells(name: str):  # a def, not a lambda: with `name: str`, results[name] types as a Series
@@ -396,7 +468,7 @@ def _write_csv(results: pd.DataFrame, path: str | os.PathLike, rows_per_write: i
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # Arrow kernels release the GIL
         columns = list(pool.map(column_cells, results.columns))
     if any(column is None for column in columns):
-        results.to_csv(path, index=False, chunksize=200_000)
+        _in_seconds(results).to_csv(path, index=False, chunksize=200_000)
         return
     header = io.StringIO()
     csv.writer(header, lineterminator="\n", quoting=csv.QUOTE_MINIMAL).writerow([str(c) for c in results.columns])
@@ -409,6 +481,12 @@ def _write_csv(results: pd.DataFrame, path: str | os.PathLike, rows_per_write: i
             rows = pc.binary_join_element_wise(rows, nothing, newline)
             offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + len(rows) + 1]
             out.write(memoryview(rows.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
+
+
+def _in_seconds(results: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its UTC datetime columns cut to whole seconds, as results.csv shows them."""
+    utc = [c for c, dtype in results.dtypes.items() if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"]
+    return results.assign(**{str(c): results[c].dt.floor("s") for c in utc}) if utc else results
 
 
 def _csv_column(column: pd.Series):
@@ -440,11 +518,11 @@ def _csv_column(column: pd.Series):
 
 
 def _utc_text(column: pd.Series):
-    """A UTC datetime column as pandas' CSV writer formats it: one fraction width for the whole
-    column (6 digits, 3, or none, whatever its finest value needs), "+00:00", NaT as empty.
+    """A UTC datetime column as people read it in a spreadsheet: whole seconds, "+00:00", NaT as
+    empty ("2026-11-30 18:00:05+00:00"; the fraction is cut, not rounded; the Parquet keeps it).
 
-    Built as fixed-width bytes: each distinct second is formatted once (a run spans minutes),
-    the fraction digits arithmetically. None when a date does not print as 19 characters.
+    Built as fixed-width bytes: each distinct second is formatted once (a run spans minutes).
+    None when a date does not print as 19 characters.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -452,22 +530,11 @@ def _utc_text(column: pd.Series):
     stamps = column.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
     missing = np.isnat(stamps)
     ticks = np.where(missing, 0, stamps.view(np.int64))
-    seconds, micro = np.divmod(ticks, 1_000_000)
-    distinct, which = np.unique(seconds, return_inverse=True)
+    distinct, which = np.unique(ticks // 1_000_000, return_inverse=True)
     names = np.strings.replace(np.datetime_as_string(distinct.astype("datetime64[s]"), unit="s"), "T", " ")
     if np.strings.str_len(names).min() != 19 or np.strings.str_len(names).max() != 19:
         return None
-    if (micro[~missing] % 1000).any():
-        digits = 6
-    elif micro[~missing].any():
-        digits, micro = 3, micro // 1000
-    else:
-        digits = 0
     parts = [np.frombuffer(names.astype("S19").tobytes(), np.uint8).reshape(-1, 19)[which]]
-    if digits:
-        powers = 10 ** np.arange(digits - 1, -1, -1, dtype=np.int64)
-        parts.append(np.full((len(ticks), 1), ord("."), np.uint8))
-        parts.append(((micro[:, None] // powers) % 10 + ord("0")).astype(np.uint8))
     parts.append(np.frombuffer(b"+00:00", np.uint8)[None, :].repeat(len(ticks), axis=0))
     cells = np.ascontiguousarray(np.concatenate(parts, axis=1))
     width = cells.shape[1]
@@ -481,28 +548,39 @@ def _utc_text(column: pd.Series):
 def summarize(
     results: pd.DataFrame, run_id: str, source: str, *, dry_run: bool = False, stopped_by: str | None = None
 ) -> RunSummary:
-    """Counts by outcome and by vendor, each vendor's most frequent error codes, and a preview's findings."""
-    order = [o.value for o in Outcome]
+    """Counts by outcome, vendor and error code, the first rows that need a person, and a preview's findings."""
     counts = results["outcome"].value_counts()
+    # The outcomes a summary shows: `would_send` only where it can happen, in a dry run.
+    order = [o.value for o in Outcome if o is not Outcome.WOULD_SEND or dry_run or counts.get(o.value, 0)]
     by_vendor: dict[str, dict[str, int]] = {}
-    top: dict[str, list[tuple[str, int]]] = {}
+    codes_by_vendor: dict[str, dict[str, int]] = {}
     vendor_col = results["vendor"].fillna("(none)")
     for vendor, part in results[["outcome", "error_code"]].groupby(vendor_col, sort=True):  # only what is counted
         vc = part["outcome"].value_counts()
         by_vendor[str(vendor)] = {o: int(vc.get(o, 0)) for o in order}
         errors = Counter(part["error_code"].dropna().tolist())
-        top[str(vendor)] = errors.most_common(3)
+        codes_by_vendor[str(vendor)] = dict(errors.most_common())
+    codes = {str(code): int(n) for code, n in results["error_code"].value_counts().items()}
+    wanted = needs_attention_mask(results)
+    attention = np.flatnonzero(wanted)
+    listed = results.iloc[attention[:NEEDS_ATTENTION_LISTED]][NEEDS_ATTENTION_COLUMNS].astype(object)
+    by_outcome = results.loc[wanted, "outcome"].value_counts()
+    reported_again = (results["outcome"] == Outcome.FAILED.value) & results["previous_run_id"].notna()
     summary = RunSummary(
         run_id=run_id,
         source=source,
         rows=len(results),
         counts={o: int(counts.get(o, 0)) for o in order},
         by_vendor=by_vendor,
-        top_errors=top,
         dry_run=dry_run,
         stopped_by=stopped_by,
         sent=int((results["attempts"] > 0).sum()),
         not_sent=int(((results["error_code"] == ErrorCode.INTERRUPTED.value) & (results["attempts"] == 0)).sum()),
+        codes=codes,
+        codes_by_vendor=codes_by_vendor,
+        needs_attention_counts={o: int(by_outcome[o]) for o in NEEDS_ATTENTION if by_outcome.get(o, 0)},
+        needs_attention=cast("list[dict[str, object]]", listed.where(listed.notna(), None).to_dict("records")),
+        reported_again=int(reported_again.sum()),
     )
     checked = results["would_change"].notna() if "would_change" in results else None
     if checked is not None and checked.any():

@@ -11,6 +11,7 @@ must stay fast.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -42,14 +43,18 @@ SUITE_COLUMNS = (*REQUIRED_COLUMNS, "invoice_number", "void_date")
 STRING_DTYPE = pd.StringDtype()
 CATEGORICAL_COLUMNS = ("vendor", "decision")
 
-# The GX result shape that names the failing rows. The index (a RangeIndex here) identifies
-# them; row_number is looked up from it with numpy, which is far cheaper than asking GX for
-# unexpected_index_column_names (a dict per failing row). The unexpected_index_query string
-# (one "df.filter(items=[...])" over every failing row) is not wanted.
+# The GX result shape that names the failing rows: by the frame's index, which `_prepare` makes
+# the row_number (1 = the first data row), so GX reports the row numbers the results use. Asking
+# GX for unexpected_index_column_names=["row_number"] instead makes it read each failing row's
+# cells one by one (a dict per row): 3x the validation time with 30% of a million rows failing,
+# 10x when all fail (docs/performance.md). The unexpected_index_query string (one
+# "df.filter(items=[...])" over every failing row) is not wanted.
 RESULT_FORMAT: dict[str, Any] = {
     "result_format": "COMPLETE",
     "return_unexpected_index_query": False,
 }
+FOUND_SHOWN = 40  # characters of a rejected value quoted in its message
+SOURCE_COLUMN = {VOID_DATE_PARSED: "void_date"}  # a derived column's value is shown as the file has it
 
 _GX_LOCK = threading.Lock()  # GX contexts are not thread-safe; one validation at a time
 
@@ -222,7 +227,7 @@ def validate_decisions(
             result_format=RESULT_FORMAT,
         )
         result = validator.validate_expectation_suite(suite, {NOW_PARAMETER: moment})
-    row_errors = _row_errors(result, frame[ROW_NUMBER].to_numpy(), rule_texts(suite))
+    row_errors = _row_errors(result, frame, rule_texts(suite))
     row_errors = _with_error_cells(row_errors, error_cells, set(frame[ROW_NUMBER].tolist()))
     return ValidationReport(
         row_errors=row_errors,
@@ -233,7 +238,7 @@ def validate_decisions(
 
 
 def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """The frame the suite runs on: a new frame with RangeIndex and only the columns it reads.
+    """The frame the suite runs on: a new frame indexed by row_number, with only the columns it reads.
 
     Pass-through columns (notes and the like) are left out: GX fingerprints and re-slices the
     whole frame several times, so every extra column costs time on a million rows. A column
@@ -246,6 +251,7 @@ def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         data[ROW_NUMBER] = df[ROW_NUMBER].to_numpy(dtype=np.int64)
     else:
         data[ROW_NUMBER] = np.arange(1, length + 1, dtype=np.int64)
+    row_numbers = pd.Index(data[ROW_NUMBER])  # unnamed: GX lists failing rows by it, as plain values
     for column in columns:
         if column in (ROW_NUMBER, VOID_DATE_PARSED):
             continue
@@ -258,7 +264,7 @@ def _prepare(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             # Few distinct values: as categories GX hashes and filters them several times faster.
             values = pd.Categorical(values)
         data[column] = values
-    frame = pd.DataFrame(data)  # RangeIndex: GX reports failing rows by index position
+    frame = pd.DataFrame(data, index=row_numbers)
     frame[VOID_DATE_PARSED] = parse_void_dates(frame["void_date"])
     return frame
 
@@ -305,10 +311,10 @@ def _naive_local(now: datetime | None) -> datetime:
     return now
 
 
-def _row_errors(result: Any, row_numbers: np.ndarray, rules: list[str]) -> dict[int, list[str]]:
-    """row_number -> rules broken, from the failing indexes GX reports for each expectation."""
+def _row_errors(result: Any, frame: pd.DataFrame, rules: list[str]) -> dict[int, list[str]]:
+    """row_number -> rules broken (each with the value found), from the rows GX reports per expectation."""
     order = {rule: position for position, rule in enumerate(rules)}
-    failures: list[tuple[int, str, np.ndarray]] = []
+    failures: list[tuple[int, str, np.ndarray, list[str]]] = []
     for outcome in result.results:
         configuration = outcome.expectation_config
         rule = (configuration.meta or {}).get("rule") or configuration.type
@@ -318,13 +324,19 @@ def _row_errors(result: Any, row_numbers: np.ndarray, rules: list[str]) -> dict[
         indexes = (outcome.result or {}).get("unexpected_index_list")
         if indexes is None:
             raise ValidationError(f"rule '{rule}' failed but GX did not say which rows")
-        positions = np.asarray(indexes, dtype=np.int64)
-        failures.append((order.get(rule, len(order)), rule, row_numbers[positions]))
+        rows = np.asarray(indexes, dtype=np.int64)  # the frame's index: row numbers
+        column = SOURCE_COLUMN.get(configuration.kwargs.get("column"), configuration.kwargs.get("column"))
+        if isinstance(column, str) and column in frame.columns and len(rows):
+            found = frame[column].loc[pd.Index(rows)].tolist()
+            texts = _found_texts(rule, found, configuration.kwargs.get("value_set"))
+        else:
+            texts = [rule] * len(rows)
+        failures.append((order.get(rule, len(order)), rule, rows, texts))
     failures.sort(key=lambda failure: failure[0])  # suite order, whatever order GX used
     row_errors: dict[int, list[str]] = {}
-    for _, rule, rows in failures:
-        for row in rows.tolist():
-            row_errors.setdefault(row, []).append(rule)
+    for _, _, rows, texts in failures:
+        for row, text in zip(rows.tolist(), texts, strict=True):
+            row_errors.setdefault(row, []).append(text)
     return dict(sorted(row_errors.items()))
 
 
@@ -341,6 +353,29 @@ def _with_error_cells(
     merged = {row: [*reasons.pop(row, []), *rules] for row, rules in row_errors.items()}
     merged.update(reasons)
     return dict(sorted(merged.items()))
+
+
+def _found_texts(rule: str, found: list[Any], value_set: Any) -> list[str]:
+    """Each failing row's message: the rule, the value that was there, and the closest allowed
+    value when the rule names a set and the value looks like a typo of one of them."""
+    known = [str(v) for v in value_set] if isinstance(value_set, (list, tuple)) else []
+    said: dict[Any, str] = {}  # one text per distinct value: a million failing rows hold few
+
+    def text(value: Any) -> str:
+        if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value)):
+            return rule  # nothing was there: the rule says it all
+        shown = str(value)
+        shown = shown if len(shown) <= FOUND_SHOWN else shown[: FOUND_SHOWN - 1] + "…"
+        close = difflib.get_close_matches(str(value).lower(), known, n=1, cutoff=0.6) if known else []
+        return f"{rule} (found '{shown}'" + (f": did you mean '{close[0]}'?)" if close else ")")
+
+    out = []
+    for value in found:
+        key = value if isinstance(value, (str, int, float)) else str(value)
+        if key not in said:
+            said[key] = text(value)
+        out.append(said[key])
+    return out
 
 
 def _raise_if_crashed(outcome: Any, rule: str) -> None:

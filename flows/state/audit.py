@@ -248,7 +248,8 @@ class RunRegistration:
     run_id: str
     started_by: str
     dry_run: bool = False
-    source_path: str | None = None
+    source_path: str | None = None  # the file read (and hashed)
+    source_name: str | None = None  # its name as a person knows it (default: source_path's)
     source_bytes: int | None = None
     source_sha256: str | None = None
     sheet: str | None = None
@@ -271,7 +272,7 @@ class RunRegistration:
             {
                 "run_id": self.run_id,
                 "started_at": utc_text(),
-                "source_name": Path(self.source_path).name if self.source_path else None,
+                "source_name": self.source_name or (Path(self.source_path).name if self.source_path else None),
                 "source_path": self.source_path,
                 "source_bytes": self.source_bytes,
                 "source_sha256": self.source_sha256,
