@@ -107,7 +107,7 @@ def notes(summary: RunSummary) -> list[str]:
     if summary.stopped_by:
         said.append(f"**{summary.stop_text()}**: run the file again to send the rest.")
     if summary.checks:
-        said.append(f"The vendors say: {summary.checks_text()}.")
+        said.append(f"Preview: the vendors say: {summary.checks_text()}.")
     total = summary.needs_attention_count
     if total:
         where = (
