@@ -91,6 +91,30 @@ class RowResult:
     attempts: int = 0
     finished_at: datetime | None = None
     vendor_reference: str | None = None  # the vendor's own id of its last answer (AppZen's x-correlation-id)
+    tries: tuple[HttpAttempt, ...] = ()  # every request made for this decision, token fetches included
+
+
+class RequestKind(enum.StrEnum):
+    """Why a request went out: the decision itself, or a token fetch it needed."""
+
+    DECISION = "decision"
+    TOKEN = "token"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAttempt:
+    """One HTTP request made for a decision, as the audit trail keeps it (plain data, no credential)."""
+
+    kind: RequestKind
+    attempt: int  # the decision's attempt this request belongs to (1 = its first)
+    started_at: datetime
+    latency_us: int | None  # from the request leaving to its answer (or failure), pacing waits excluded
+    http_status: int | None  # None: no answer (a timeout, a dropped connection)
+    action: str | None = None  # our reading of the answer (connectors.reading.Action's value); None for a token fetch
+    error_code: str | None = None
+    vendor_error_code: str | None = None
+    vendor_reference: str | None = None
+    message: str = ""  # our reading in words (redacted), or the failure of a request that got no answer
 
 
 @dataclass(slots=True)

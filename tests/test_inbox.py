@@ -484,7 +484,7 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
     reason = next(layout.rejected.glob("notes-*.txt.reason.txt")).read_text()
     assert "unusable file" in reason and "notes.txt" in reason and ".claimed" not in reason.splitlines()[1]
 
-    # one results folder per sent file: results + the GX Data Docs page
+    # one results folder per sent file: results + the GX Data Docs page + the audit chain's head
     folders = sorted(p.name for p in layout.results.iterdir())
     assert [f.split("-")[0] for f in folders] == ["decisions", "good"]
     decisions_out = layout.results / folders[0]
@@ -495,6 +495,7 @@ def test_process_inbox_end_to_end(sandbox, tmp_path):
         "validation.html",
         "needs_attention.xlsx",
         "needs_attention.csv",
+        "audit.json",
     }
     good_out = layout.results / folders[1]
     assert not list(good_out.glob("needs_attention.*"))  # nothing to attend to: no file

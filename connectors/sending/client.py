@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar, cast
@@ -38,7 +38,16 @@ from connectors.redact import redact
 from connectors.sending.http import Http
 from connectors.sending.quota import DailyQuota
 from connectors.sending.ratelimit import GlobalRateLimiter, RateLimiter, limiter_for
-from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
+from connectors.vocabulary import (
+    Decision,
+    ErrorCode,
+    HttpAttempt,
+    Outcome,
+    RequestKind,
+    RowResult,
+    VendorCheck,
+    WouldChange,
+)
 from connectors.wire import Request, Response, is_absolute
 
 Answer = TypeVar("Answer", RowResult, VendorCheck)
@@ -67,6 +76,60 @@ class Attempt:
     http_status: int | None
     sent: bool = True  # False: the vendor had been stopped, so this try sent nothing
     reference: str | None = None  # the vendor's own reference of its answer, if it sent one
+
+
+class _Clock:
+    """When one request left and how long its answer took (the pacing wait before it excluded)."""
+
+    __slots__ = ("_t0", "micros", "started")
+
+    def __init__(self) -> None:
+        self.started: datetime | None = None
+        self._t0 = 0.0
+        self.micros: int | None = None
+
+    def start(self) -> None:
+        self.started = datetime.now(UTC)
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.micros = round((time.perf_counter() - self._t0) * 1e6)
+
+    def attempt(
+        self,
+        kind: RequestKind,
+        number: int,
+        status: int | None,
+        verdict: Verdict | None = None,
+        reference: str | None = None,
+        message: str = "",
+    ) -> HttpAttempt:
+        return HttpAttempt(
+            kind,
+            number,
+            self.started or datetime.now(UTC),
+            self.micros,
+            status,
+            verdict.action.value if verdict is not None else None,
+            verdict.error_code.value if verdict is not None and verdict.error_code else None,
+            verdict.vendor_error_code if verdict is not None else None,
+            reference,
+            verdict.message if verdict is not None else message,
+        )
+
+
+def _audited(tries: list[HttpAttempt], result: RowResult) -> tuple[HttpAttempt, ...]:
+    """The tries as the audit keeps them: texts redacted, the last decision try with the result's own words."""
+    decisions = [i for i, t in enumerate(tries) if t.kind is RequestKind.DECISION]
+    last = decisions[-1] if decisions else -1
+    audited = []
+    for i, t in enumerate(tries):
+        message = result.error_message if i == last else (redact(t.message) if t.message else "")
+        reference = redact(t.vendor_reference) if t.vendor_reference else None
+        if message != t.message or reference != t.vendor_reference:
+            t = replace(t, message=message, vendor_reference=reference)
+        audited.append(t)
+    return tuple(audited)
 
 
 _STOPPED_BEFORE_SENDING = Verdict(Action.FAIL, ErrorCode.INTERRUPTED, message="the run was stopped")
@@ -247,22 +310,25 @@ class VendorClient:
             return self._result(
                 decision, Attempt(Verdict(Action.FAIL, ErrorCode.INVALID_ROW, message=str(exc)), None), 0
             )
-        attempt, attempts, reference, answered = self._try(request, self.connector.classify)
+        tries: list[HttpAttempt] = []
+        attempt, attempts, reference, answered = self._try(request, self.connector.classify, tries)
         if not attempt.sent and attempt.verdict.error_code is ErrorCode.QUOTA_EXHAUSTED:
-            return self._quota_used_up(decision, attempts - 1, answered)
-        if not attempt.sent and attempt.verdict.error_code is ErrorCode.INTERRUPTED:
-            return self._interrupted(decision, attempts - 1, answered)  # the run stopped before this try
-        if not attempt.sent:  # another row found the credentials refused while this one waited
-            return self._not_sent(decision, attempts - 1)
-        if attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self.run_stop.is_set():
-            return self._interrupted(decision, attempts, attempt)  # retries cut short by the run's stop
-        if attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is not None:
+            result = self._quota_used_up(decision, attempts - 1, answered)
+        elif not attempt.sent and attempt.verdict.error_code is ErrorCode.INTERRUPTED:
+            result = self._interrupted(decision, attempts - 1, answered)  # the run stopped before this try
+        elif not attempt.sent:  # another row found the credentials refused while this one waited
+            result = self._not_sent(decision, attempts - 1)
+        elif attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self.run_stop.is_set():
+            result = self._interrupted(decision, attempts, attempt)  # retries cut short by the run's stop
+        elif attempt.verdict.action in (Action.RETRY, Action.REAUTH) and self._stopped is not None:
             # Retries were cut short by another row's stop, not run out: say that.
-            return self._not_sent(decision, attempts)
-        if attempt.verdict.action is Action.STOP:
-            self._stop(decision, attempt.verdict)
-        result = self._result(decision, attempt, attempts)
-        result.vendor_reference = redact(reference) if reference else None
+            result = self._not_sent(decision, attempts)
+        else:
+            if attempt.verdict.action is Action.STOP:
+                self._stop(decision, attempt.verdict)
+            result = self._result(decision, attempt, attempts)
+            result.vendor_reference = redact(reference) if reference else None
+        result.tries = _audited(tries, result)
         return result
 
     def check(self, decision: Decision) -> VendorCheck:
@@ -280,7 +346,8 @@ class VendorClient:
             return VendorCheck(
                 row, WouldChange.UNKNOWN, message=f"{self.vendor} documents no read of an invoice's state"
             )
-        attempt, reads, reference, _ = self._try(request, partial(self.connector.classify_read, decision))
+        # A preview writes nothing, so its reads are not audited (`tries` is dropped).
+        attempt, reads, reference, _ = self._try(request, partial(self.connector.classify_read, decision), [])
         reference = redact(reference) if reference else None
         verdict = attempt.verdict
         if not attempt.sent and verdict.error_code is ErrorCode.QUOTA_EXHAUSTED:
@@ -323,10 +390,12 @@ class VendorClient:
             and not self.run_stop.is_set()
         )
 
-    def _try(self, request: Request, classify: Classify) -> tuple[Attempt, int, str | None, Attempt]:
+    def _try(
+        self, request: Request, classify: Classify, tries: list[HttpAttempt]
+    ) -> tuple[Attempt, int, str | None, Attempt]:
         """One request, retried as declared: (the last attempt, attempts made, the latest vendor
-        reference, the last attempt that went out)."""
-        attempt: Attempt = self._attempt(request, classify)
+        reference, the last attempt that went out). Every request made is added to `tries`."""
+        attempt: Attempt = self._attempt(request, classify, tries, 1)
         attempts = 1
         reference = attempt.reference
         answered = attempt  # the last try that went out
@@ -334,10 +403,12 @@ class VendorClient:
             # Only a row that needs another try pays for tenacity (a Retrying copy and its
             # loop per row add up at hundreds of rows a second); it starts from this answer.
             first = [attempt]
+            number = 0  # the attempt `again` makes: 1 is the one already made
 
             def again(request: Request) -> Attempt:
-                nonlocal reference, answered
-                tried = first.pop() if first else self._attempt(request, classify)
+                nonlocal reference, answered, number
+                number += 1
+                tried = first.pop() if first else self._attempt(request, classify, tries, number)
                 reference = tried.reference or reference  # the latest answer the vendor named
                 answered = tried if tried.sent else answered
                 return tried
@@ -347,41 +418,65 @@ class VendorClient:
             attempts = retrying.statistics.get("attempt_number", 1)
         return attempt, attempts, reference, answered
 
-    def _attempt(self, request: Request, classify: Classify) -> Attempt:
+    def _attempt(self, request: Request, classify: Classify, tries: list[HttpAttempt], number: int) -> Attempt:
         if self.run_stop.is_set():  # checked after every backoff too: no request after the run's stop
             return Attempt(_STOPPED_BEFORE_SENDING, None, sent=False)
         if self._stopped is not None:  # checked after every backoff too: no request after a stop
             return Attempt(self._stopped[1], None, sent=False)
+        clock = _Clock()
+
+        def fetch_token(token_request: Request) -> Response:  # the auth's own request, paced like any other
+            fetched = _Clock()
+            try:
+                answer = self._send_raw(token_request, fetched)
+            except Exception as exc:
+                if fetched.started is not None:
+                    tries.append(fetched.attempt(RequestKind.TOKEN, number, None, message=type(exc).__name__))
+                raise
+            tries.append(fetched.attempt(RequestKind.TOKEN, number, answer.status_code))
+            return answer
+
         try:
-            authed = self.auth.apply(request, self._send_raw)
-            response = self._send_raw(authed)
+            authed = self.auth.apply(request, fetch_token)
+            response = self._send_raw(authed, clock)
         except _StoppedBeforeSending:
             return Attempt(_STOPPED_BEFORE_SENDING, None, sent=False)
         except _QuotaExhausted:
             return Attempt(_QUOTA_USED_UP, None, sent=False)
         except Exception as exc:  # every failure becomes a Verdict; nothing escapes a row
-            return Attempt(classify(request, error=exc), None)
+            verdict = classify(request, error=exc)
+            if clock.started is not None:  # the request went out and got no answer
+                tries.append(clock.attempt(RequestKind.DECISION, number, None, verdict))
+            return Attempt(verdict, None)
         verdict = classify(request, response=response)
         if verdict.action is Action.REAUTH:
             self.auth.invalidate(authed)
-        return Attempt(verdict, response.status_code, reference=self.connector.vendor_reference(response))
+        reference = self.connector.vendor_reference(response)
+        tries.append(clock.attempt(RequestKind.DECISION, number, response.status_code, verdict, reference))
+        return Attempt(verdict, response.status_code, reference=reference)
 
-    def _send_raw(self, request: Request) -> Response:
+    def _send_raw(self, request: Request, clock: _Clock | None = None) -> Response:
         if self.quota is not None and not self.quota.take():  # every request counts: retries, tokens, reads
             raise _QuotaExhausted
         self.limiter.acquire()  # every request takes a slot: retries and token fetches too
         granted_at = self.limiter.granted_at
         if self.run_stop.is_set():  # the stop came while this request waited for its slot
             raise _StoppedBeforeSending
-        response = self.http.request(
-            request.method,
-            request.path if is_absolute(request.path) else self.base_url + request.path,
-            params=request.params or None,
-            json=request.json,
-            data=request.form,
-            headers=request.headers or None,
-            timeout=self.settings.timeout,
-        )
+        if clock is not None:
+            clock.start()
+        try:
+            response = self.http.request(
+                request.method,
+                request.path if is_absolute(request.path) else self.base_url + request.path,
+                params=request.params or None,
+                json=request.json,
+                data=request.form,
+                headers=request.headers or None,
+                timeout=self.settings.timeout,
+            )
+        finally:
+            if clock is not None:
+                clock.stop()
         self.limiter.observe(granted_at, response.status_code, response.headers)  # how the rate is learned
         return response
 

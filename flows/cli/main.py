@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--sheet", help="the workbook's sheet to read (default: the first)")
+    run.add_argument("--submitted-by", help="who submitted the file (kept in the audit trail's run register)")
 
     validate = sub.add_parser("validate", help="check FILE without sending anything")
     validate.add_argument("file")
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--deadline", help="alert when a month-end run is not finished this long after due (e.g. 3h)")
     alerts_sub.add_parser("list", help="the automations installed and the channel (never its URL)")
     alerts_sub.add_parser("remove", help="delete the automations, the block and the threshold")
+    from flows.cli import audit
+
+    audit.add_parsers(sub)
     return parser
 
 
@@ -137,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         return demo_command(args.out)
     if args.command == "alerts":
         return alerts_command(args)
+    if args.command in ("history", "audit"):
+        from flows.cli import audit
+
+        if args.command == "history":
+            return audit.history_command(args.invoice_id, args.vendor, args.json)
+        return audit.audit_command(args)
     from connectors.registry import UnknownVendor, parse_vendors
 
     try:
@@ -159,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         retry_failed=args.retry_failed,
         show_progress=False if args.no_progress else None,
         sheet=args.sheet,
+        submitted_by=args.submitted_by,
     )
 
 
@@ -179,6 +190,7 @@ def run_command(
     show_progress: bool | None = None,
     check_vendors: bool = False,
     sheet: str | None = None,
+    submitted_by: str | None = None,
 ) -> int:
     """Run the flow on one file (a workbook's `sheet`) and print what happened.
 
@@ -215,6 +227,7 @@ def run_command(
                         show_progress=show_progress,
                         check_vendors=check_vendors,
                         sheet=sheet,
+                        submitted_by=submitted_by,
                         return_state=True,
                     )
                 except TerminationSignal:  # SIGTERM while Prefect's engine started the flow, before our handler

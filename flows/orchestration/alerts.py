@@ -37,6 +37,9 @@ FAILED_STATES = (
     "FilesRejected",
     "ValidationUnavailable",
     "BadParameters",
+    "ApprovalRequired",  # four eyes (approval.py): a run the policy holds, refused or not approved in time
+    "Rejected",
+    "ApprovalTimedOut",
     "Failed",
     "Crashed",
     "Cancelled",

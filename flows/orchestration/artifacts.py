@@ -83,6 +83,7 @@ def run_markdown(summary: RunSummary) -> str:
     lines += [
         "",
         f"- file: `{summary.source}`",
+        *_audit_lines(summary),
         f"- results: `{summary.results_path}` (spreadsheet copy: `{summary.csv_path}`)",
     ]
     if summary.workbook_path:
@@ -126,3 +127,15 @@ def notes(summary: RunSummary) -> list[str]:
         said.append("No row needs attention.")
     said += summary.notes()
     return said
+
+
+def _audit_lines(summary: RunSummary) -> list[str]:
+    """The audit trail's facts of the run (flows/orchestration/audit_trail.py): file hash, who, chain head."""
+    extra = summary.extra
+    if not extra.get("started_by"):
+        return []
+    lines = [f"- file SHA-256: `{extra['source_sha256']}`"] if extra.get("source_sha256") else []
+    lines.append(f"- submitted by: {extra.get('submitted_by') or '(not given)'}; started by: {extra['started_by']}")
+    if extra.get("audit_chain_head"):
+        lines.append(f"- audit chain head: `{extra['audit_chain_head']}` (`invoice-sync audit verify`)")
+    return lines

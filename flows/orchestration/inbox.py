@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
 from connectors.registry import UnknownVendor, parse_vendors
+from flows.orchestration.approval import NOT_APPROVED_STATES
 from flows.orchestration.final_states import failed
 from flows.orchestration.stopping import RunStop, stop_on_signals
 from flows.orchestration.sync import DEFAULT_CHUNK_SIZE, sync_decisions
@@ -92,6 +93,7 @@ def process_inbox(
     results_root: str | None = None,
     check_vendors: bool = False,
     sheet: str | None = None,
+    submitted_by: str | None = None,
 ):
     """Process every ready file in `inbox` once: claim, sync, then move to processed/ or rejected/.
 
@@ -108,6 +110,8 @@ def process_inbox(
     Cancelled (a worker's SIGTERM, or SIGINT): the file being sent stops as `invoice-sync` does
     and goes to rejected/ (to be dropped in again), files not started go back into the inbox,
     and the run ends `Cancelled` naming each.
+    `submitted_by` (who submitted the files, for the audit trail) may never approve them
+    (`INVOICE_SYNC_APPROVAL`); a file rejected or not approved in time goes to rejected/ with the reason.
     """
     with stop_on_signals() as stop:
         return _process_inbox(
@@ -124,6 +128,7 @@ def process_inbox(
             check_vendors,
             stop,
             sheet,
+            submitted_by,
         )
 
 
@@ -141,6 +146,7 @@ def _process_inbox(
     check_vendors: bool,
     stop: RunStop,
     sheet: str | None,
+    submitted_by: str | None = None,
 ):
     logger = get_run_logger()
     try:
@@ -175,7 +181,17 @@ def _process_inbox(
             continue
         rows.append(
             _process_one(
-                layout, inbox, path, dry_run, vendors, chunk_size, settings_from_blocks, logger, check_vendors, sheet
+                layout,
+                inbox,
+                path,
+                dry_run,
+                vendors,
+                chunk_size,
+                settings_from_blocks,
+                logger,
+                check_vendors,
+                sheet,
+                submitted_by,
             )
         )
 
@@ -200,6 +216,7 @@ def _process_one(
     logger,
     check_vendors=False,
     sheet=None,
+    submitted_by=None,
 ) -> dict:
     """Run the sync subflow on one claimed file and move it on; one row for the inbox table."""
     when = stamp()
@@ -217,6 +234,7 @@ def _process_one(
             check_vendors=check_vendors,
             sheet=sheet if path.suffix.lower() in WORKBOOK_SUFFIXES else None,
             source_name=source,
+            submitted_by=submitted_by,
             return_state=True,
         )
         name, message = state.name, state.message or ""
@@ -234,6 +252,8 @@ def _process_one(
     else:
         if name == UNUSABLE_STATE:
             reason = f"unusable file: {message}"
+        elif name in NOT_APPROVED_STATES:
+            reason = f"not approved ({name}): {message}. Drop the file into the inbox again to ask anew."
         else:
             reason = (
                 f"the run did not finish ({name}: {message}). Nothing is lost: drop the file into the "

@@ -21,7 +21,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from connectors.redact import install_log_redaction
 from connectors.registry import VENDORS
 from connectors.vocabulary import ErrorCode, RowResult, VendorCheck
+from flows.orchestration.approval import APPROVAL_REQUIRED, ApprovalSettings, require_approval
 from flows.orchestration.artifacts import publish
+from flows.orchestration.audit_trail import RunTrail, who_started
 from flows.orchestration.dispatch import DEFAULT_CHUNK_SIZE, TASK_WORKERS, dispatch, preview
 from flows.orchestration.events import RetryRound, emit_run_finished
 from flows.orchestration.final_states import failed
@@ -46,7 +48,7 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "NOTHING_SENT_STATES", "sync_decisions"]
 
 UNUSABLE_FILE = "UnusableFile"
 VALIDATION_UNAVAILABLE = "ValidationUnavailable"
-NOTHING_SENT_STATES = (UNUSABLE_FILE, VALIDATION_UNAVAILABLE)
+NOTHING_SENT_STATES = (UNUSABLE_FILE, VALIDATION_UNAVAILABLE, APPROVAL_REQUIRED)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ def sync_decisions(
     retries_run: str | None = None,
     sheet: str | None = None,
     source_name: str | None = None,
+    submitted_by: str | None = None,
 ) -> State:
     """Send every valid decision in `path` to its vendor and write one result row per input row.
 
@@ -160,23 +163,48 @@ def sync_decisions(
     `retry_round` (of `retry_rounds`, retrying the run `retries_run`) is set by `retry-failed` only.
     SIGINT or SIGTERM (Ctrl-C, or a worker cancelling the run) stops the sending: the results are
     still written, and the run ends `Cancelled` with its counts.
+    `submitted_by` names who submitted the file (the audit trail's register; never its approver).
+    Every run is registered and its requests appended to the audit trail (`flows/state/audit.py`);
+    `INVOICE_SYNC_APPROVAL` may make it wait for a second person (`flows/orchestration/approval.py`).
     """
     with stop_on_signals() as stop:
-        return _sync(
+        ledger = Ledger.open()
+        trail = RunTrail(
+            ledger,
+            str(flow_run.get_id() or "local"),
             path,
-            out_dir,
+            who_started(submitted_by),
             dry_run,
-            vendors,
-            chunk_size,
-            retry_failed,
-            show_progress,
-            settings_from_blocks,
-            check_vendors,
-            RetryRound(retry_round, retry_rounds, retries_run),
-            stop,
-            sheet,
-            source_name,
+            source_name=source_name,
+            sheet=sheet,
+            vendors=vendors,
+            out_dir=out_dir,
+            approval_policy=ApprovalSettings.from_env().describe(),
         )
+        try:
+            return _sync(
+                path,
+                out_dir,
+                dry_run,
+                vendors,
+                chunk_size,
+                retry_failed,
+                show_progress,
+                settings_from_blocks,
+                check_vendors,
+                RetryRound(retry_round, retry_rounds, retries_run),
+                stop,
+                sheet,
+                source_name,
+                ledger=ledger,
+                trail=trail,
+            )
+        except BaseException as exc:  # a crash still ends the run's chain (a kill -9 leaves it unfinished)
+            if trail.registered:
+                trail.finish(failed("Crashed", f"{type(exc).__name__}: {exc}"), None, None, None)
+            raise
+        finally:
+            ledger.close()
 
 
 def _sync(
@@ -193,6 +221,9 @@ def _sync(
     stop: RunStop,
     sheet: str | None,
     source_name: str | None,
+    *,
+    ledger: Ledger,
+    trail: RunTrail,
 ) -> State:
     started = time.monotonic()
     install_log_redaction()  # deployments and the CLI alike: no credential reaches a log line
@@ -200,35 +231,36 @@ def _sync(
     run_id = str(flow_run.get_id() or "local")
 
     decisions = read_file(path, sheet)
+    trail.register(None if isinstance(decisions, NothingSent) else decisions.frame)
     if isinstance(decisions, NothingSent):
         message = decisions.message.replace(path, source_name) if source_name else decisions.message
         logger.info("nothing sent: %s", message)  # the state says it; the terminal gets one line
-        return failed(decisions.state, message)
+        return _ended(trail, failed(decisions.state, message))
     frame = decisions.frame
     report = validate(frame, decisions.error_cells)
     if isinstance(report, NothingSent):
         logger.info("%s", report.message)
-        return failed(report.state, report.message)
+        return _ended(trail, failed(report.state, report.message), len(frame))
     plan_ = plan(frame, report, vendors)
     if check_vendors and not dry_run:
         logger.warning("check_vendors previews a dry run only: ignored, the decisions are sent")
     checks: list[VendorCheck] | None = [] if check_vendors and dry_run else None
-    ledger = Ledger.open()
-    try:
-        sent = consult_ledger(frame, plan_, ledger, retry_failed)
-        logger.info(
-            "%s: %d rows, %d to send, %d rejected",
-            source_name or path,
-            len(frame),
-            plan_.send_count,
-            len(report.row_errors),
-        )
-        if not dry_run and plan_.send_count:
-            sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks, stop)
-        ledger_place = ledger.describe()
-    finally:
-        ledger.close()
-    if checks is not None and plan_.send_count:  # reads only: the ledger is closed, nothing is recorded
+    sent = consult_ledger(frame, plan_, ledger, retry_failed)
+    logger.info(
+        "%s: %d rows, %d to send, %d rejected",
+        source_name or path,
+        len(frame),
+        plan_.send_count,
+        len(report.row_errors),
+    )
+    if not dry_run and plan_.send_count:
+        not_approved = require_approval(frame, plan_, trail, out_dir)
+        if not_approved is not None:
+            logger.warning("%s", not_approved.message)
+            return _ended(trail, not_approved, len(frame))
+        sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks, stop)
+    ledger_place = ledger.describe()
+    if checks is not None and plan_.send_count:  # reads only: nothing is recorded
         checks += preview(frame, plan_, chunk_size, show_progress, settings_from_blocks, stop)
 
     results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run, checks=checks)
@@ -243,16 +275,26 @@ def _sync(
     except Exception as exc:
         logger.warning("validation report not written: %s", exc)
     summary.seconds = time.monotonic() - started
+    summary.extra.update(trail.summary_lines())
+    state: State
+    if summary.stopped_by:
+        state = Cancelled(message=summary.stop_text(), data=summary)
+    else:
+        text = summary.counts_text() + (f"; {summary.checks_text()}" if summary.checks else "")
+        state = Completed(message=text, data=summary) if summary.all_done else failed("RowsNotDone", text, summary)
+    summary.extra["audit_chain_head"] = trail.finish(state, summary.rows, summary.counts, summary.results_path)
+    trail.write_copy(out_dir)
     publish(summary)
     try:  # what the alerts and the retry-failed deployment react to; never lose the run over it
         emit_run_finished(summary, results, retry)
     except Exception as exc:
         logger.warning("run-finished event not emitted: %s", exc)
     if summary.quota_exhausted:
-        get_run_logger().warning("%s", summary.quota_text())
-    if summary.stopped_by:
-        return Cancelled(message=summary.stop_text(), data=summary)
-    text = summary.counts_text() + (f"; {summary.checks_text()}" if summary.checks else "")
-    if summary.all_done:
-        return Completed(message=text, data=summary)
-    return failed("RowsNotDone", text, summary)
+        logger.warning("%s", summary.quota_text())
+    return state
+
+
+def _ended(trail: RunTrail, state: State, rows: int | None = None) -> State:
+    """A run that ends before its results: its end in the audit trail, then its state."""
+    trail.finish(state, rows, None, None)
+    return state

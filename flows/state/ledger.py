@@ -23,6 +23,10 @@ looked. The lease is renewed while the run sends and released row by row once an
 claim of a run that died expires (at once, when it ran on this machine and its process is
 gone), so a rerun takes it over and the crash bound stays: only requests in flight are unknown.
 
+Every answer's requests (`RowResult.tries`) go to the audit trail in the same transaction as its
+ledger row (`flows/state/audit.py`): the writer seals each run's audit entries into that run's
+hash chain as it commits them, so the chain's order is the commit order.
+
 Default store: SQLite under `INVOICE_SYNC_STATE_DIR` (default `data/state/`). Several workers
 share one ledger through PostgreSQL: set `INVOICE_SYNC_LEDGER_URL`
 (`postgresql+psycopg://user:pass@host/db`).
@@ -48,6 +52,8 @@ import sqlalchemy.dialects.sqlite
 
 from connectors.redact import redact
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
+from flows.state import audit
+from flows.state.audit import Chains, Entry
 
 DEFAULT_STATE_DIR = "data/state"
 LEDGER_FILE = "ledger.sqlite"
@@ -187,7 +193,8 @@ class Claims:
 
 @dataclass(eq=False)
 class _PendingRow:
-    values: tuple  # in COLUMNS order, as the database driver takes them
+    values: tuple | None  # in COLUMNS order, as the database driver takes them; None: audit entries only
+    entries: list[Entry] = field(default_factory=list)  # sealed into their runs' chains by the writer
     committed: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -206,6 +213,7 @@ class Ledger:
         self._upsert = upsert_sql(self.engine.dialect.paramstyle)
         self._mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
         self._prepare_claim_sql()
+        self._chains = Chains(self._mark)
         # What SQLAlchemy would do to a datetime before the driver sees it (SQLite stores text).
         self._timestamp = decisions_table.c.updated_at.type.dialect_impl(self.engine.dialect).bind_processor(
             self.engine.dialect
@@ -250,8 +258,12 @@ class Ledger:
         return pd.DataFrame(rows, columns=columns)
 
     def record(self, decision: Decision, result: RowResult, run_id: str) -> None:
-        """Write one decision's outcome (only for decisions that were actually sent)."""
+        """Write one decision's outcome (only for decisions that were actually sent), and its
+        requests to the audit trail, in one transaction."""
+        entries = audit.attempt_entries(decision, result, run_id)
         if result.attempts == 0 or result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            if entries:  # requests went out (a token fetch) though the decision itself did not
+                self._write(_PendingRow(None, entries))
             return
         if result.outcome is Outcome.SUCCEEDED:
             state = LedgerState.SUCCEEDED
@@ -273,7 +285,21 @@ class Ledger:
             self._timestamp(result.finished_at or datetime.now(UTC)),
             result.vendor_reference,
         )
-        pending = _PendingRow(values)
+        self._write(_PendingRow(values, entries))
+
+    def append_audit(self, entry: Entry) -> str:
+        """Append one audit entry (a run's register row, an approval, its end) to its run's chain; its hash."""
+        pending = _PendingRow(None, [entry])
+        self._write(pending)
+        return entry.row_hash or ""
+
+    def audit_attempts(self, run_id: str) -> int:
+        """The audit attempts this ledger wrote (or found) for a run so far."""
+        head = self._chains.head(run_id)
+        return head.attempts if head is not None else 0
+
+    def _write(self, pending: _PendingRow) -> None:
+        """Hand `pending` to the writer thread; back once it is committed (or its commit failed)."""
         with self._wakeup:
             if self._closing:
                 raise RuntimeError("the ledger is closed")
@@ -438,7 +464,7 @@ class Ledger:
                     group, self._pending = self._pending, []
                 try:
                     connection = connection or self.engine.raw_connection()
-                    self._commit(connection, [row.values for row in group])
+                    self._commit(connection, group)
                     self.commits += 1
                 except BaseException as exc:  # each sender gets the failure of its own commit
                     for row in group:
@@ -452,16 +478,22 @@ class Ledger:
             if connection is not None:
                 connection.close()
 
-    def _commit(self, connection, rows: list[tuple]) -> None:
+    def _commit(self, connection, group: list[_PendingRow]) -> None:
+        rows = [row.values for row in group if row.values is not None]
         cursor = connection.cursor()
         try:
-            cursor.executemany(self._upsert, rows)
+            entries, heads = self._chains.seal(connection, (e for row in group for e in row.entries))
+            if rows:
+                cursor.executemany(self._upsert, rows)
+            for table, values in entries.items():
+                self._chains.insert(cursor, table, values)
             connection.commit()
         except BaseException:
             connection.rollback()
             raise
         finally:
             cursor.close()
+        self._chains.commit(heads)  # only a committed chain moves on
 
     def close(self) -> None:
         """Write what is pending, stop the writer, release the connections."""
@@ -487,6 +519,7 @@ def create_missing_tables(engine: sa.Engine) -> None:
         except sa.exc.DBAPIError:
             if not sa.inspect(engine).has_table(table.name):
                 raise
+    audit.create_audit_tables(engine)
 
 
 def add_missing_columns(engine: sa.Engine) -> None:
