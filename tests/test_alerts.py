@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import tempfile
 import threading
 import time
@@ -169,9 +168,7 @@ def stack(databases, tmp_path_factory):
     finally:
         if worker is not None:
             stop(worker)
-        if server.process is not None:
-            stop(server.process, grace=20)
-        shutil.rmtree(home, ignore_errors=True)
+        server.close()
 
 
 def run_inbox(stack, deployment: str, rows: list[dict], name: str):

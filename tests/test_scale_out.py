@@ -143,6 +143,12 @@ class PrefectServer:
 
         return get_client(sync_client=True)
 
+    def close(self) -> None:
+        """Stop the server (if it started) and remove its PREFECT_HOME."""
+        if self.process is not None:
+            stop(self.process, grace=20)
+        shutil.rmtree(self.home, ignore_errors=True)
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -155,9 +161,7 @@ def server():
         with temporary_settings(updates={PREFECT_API_URL: srv.api}):
             yield srv
     finally:
-        if srv.process is not None:
-            stop(srv.process, grace=20)
-        shutil.rmtree(home, ignore_errors=True)
+        srv.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 import time
 from datetime import timedelta
@@ -106,9 +105,7 @@ def finished_run(tmp_path_factory):
     finally:
         if worker is not None:
             stop(worker)
-        if server.process is not None:
-            stop(server.process, grace=20)
-        shutil.rmtree(home, ignore_errors=True)
+        server.close()
 
 
 def test_a_run_ending_rows_not_done_leaves_no_traceback_in_the_worker_log(finished_run):
