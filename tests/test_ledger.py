@@ -52,6 +52,19 @@ def exercise_store(ledger: Ledger) -> None:
     rows = ledger.lookup(["alfred", "modulus"]).set_index("invoice_id")
     assert rows.loc["000125", "state"] == "succeeded" and rows.loc["000125", "run_id"] == "run-2"
     assert len(rows) == 3
+    # Two answers for one invoice in one group commit (its rows go in one statement, which
+    # PostgreSQL refuses when it touches a row twice): the later answer is kept.
+    group = [
+        ledger.pending_row(d2, result(2, Outcome.FAILED, ErrorCode.RETRIES_EXHAUSTED, status=503), "run-3"),
+        ledger.pending_row(d2, result(2, Outcome.SUCCEEDED, reference="corr-0002"), "run-3"),
+    ]
+    connection = ledger.engine.raw_connection()
+    try:
+        ledger._commit(connection, group)
+    finally:
+        connection.close()
+    row = ledger.lookup(["alfred"]).set_index("invoice_id").loc["000124"]
+    assert (row["state"], row["run_id"], row["vendor_reference"]) == ("succeeded", "run-3", "corr-0002")
 
 
 def test_sqlite_store(tmp_path):

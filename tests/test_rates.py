@@ -425,6 +425,20 @@ def test_a_daily_quota_is_taken_in_blocks_and_its_rest_given_back():
     assert other_run.take() and other_run.exhausted_on is None
 
 
+def test_a_big_run_takes_its_quota_in_growing_blocks_and_holds_back_at_most_a_hundredth():
+    from datetime import date
+
+    from connectors.sending.quota import DailyQuota
+
+    store = MemoryQuota()
+    quota = DailyQuota("appzen", 300_000, store, block=100, today=lambda: date(2026, 11, 30))
+    assert all(quota.take() for _ in range(20_000))
+    asked = [wanted for kind, _, wanted, _ in store.calls if kind == "take"]
+    assert asked == [100, 200, 400, 800, 1600, 3000, 3000, 3000, 3000, 3000, 3000]  # 11 transactions, not 200
+    quota.close()
+    assert store.used[("appzen", "2026-11-30")] == 20_000  # what was taken and not sent went back
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger(request, tmp_path):
     from flows.state.ledger import Ledger

@@ -3,8 +3,11 @@
 AppZen documents 300,000 requests a day (its default); any vendor can be given one. Every
 request counts (retries, token fetches and reads too), in a store every run shares (the
 ledger: `flows.state.ledger.Ledger.take_quota`; nothing here imports it). A run takes the
-quota in blocks (`BLOCK` requests, one transaction each, never one per request) and gives
-back what it did not use when it ends, so other runs and workers count on the rest. Once the
+quota in blocks (one transaction each, never one per request) and gives back what it did not
+use when it ends, so other runs and workers count on the rest. The first block is `BLOCK`
+requests and each next one twice the last, up to `MAX_BLOCK_SHARE` of the day's limit: a big
+run takes a handful of transactions (each one stalls that vendor's senders, which wait for
+it), and a run never holds back more than that share from the others. Once the
 day's quota is used up nothing more is sent to that vendor that day: the client fails the
 remaining rows `QUOTA_EXHAUSTED` (transient: the next run sends them) and says when the
 quota resets (the next UTC midnight).
@@ -17,7 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 
-BLOCK = 100  # requests taken from the shared count at once
+BLOCK = 100  # requests taken from the shared count in a run's first block
+MAX_BLOCK_SHARE = 0.01  # the most one block takes: this share of the day's limit (BLOCK, if that is more)
 
 
 class QuotaStore(Protocol):
@@ -51,6 +55,8 @@ class DailyQuota:
         self.vendor = vendor
         self.limit = limit
         self.block = max(1, min(block, limit))
+        self.max_block = max(self.block, int(limit * MAX_BLOCK_SHARE))
+        self._next_block = self.block
         self._store = store
         self._today = today
         self._lock = threading.Lock()
@@ -68,7 +74,8 @@ class DailyQuota:
             if self.exhausted_on == day:
                 return False
             if not self._stock:
-                self._stock = self._store.take_quota(self.vendor, day.isoformat(), self.block, self.limit)
+                self._stock = self._store.take_quota(self.vendor, day.isoformat(), self._next_block, self.limit)
+                self._next_block = min(2 * self._next_block, self.max_block)
                 if not self._stock:
                     self.exhausted_on = day
                     return False

@@ -37,9 +37,9 @@ import sqlalchemy as sa
 
 from connectors.redact import redact
 from connectors.vocabulary import Decision, RowResult
+from flows.state.statements import RowsStatement
 
 GENESIS = "0" * 64  # the prev_hash of a run's first entry
-INSERT_BATCH = 500  # rows per insert statement (19 parameters a row: under SQLite's and PostgreSQL's limits)
 FINGERPRINT_BLOCK = 1 << 20
 
 metadata = sa.MetaData()
@@ -362,23 +362,15 @@ class Chains:
 
     def __init__(self, mark: str) -> None:
         self._heads: dict[str, ChainHead] = {}
-        self._values = {t.name: f"({', '.join([mark] * len(COLUMNS[t.name]))})" for t in TABLES}
-        self._inserts: dict[tuple[str, int], str] = {}
+        self._inserts = {
+            t.name: RowsStatement(f"INSERT INTO {t.name} ({', '.join(COLUMNS[t.name])})", len(COLUMNS[t.name]), mark)
+            for t in TABLES
+        }
         self._mark = mark
 
     def insert(self, cursor, table: str, rows: list[tuple]) -> None:
-        """Insert `rows` with one multi-row statement per INSERT_BATCH rows, not one execute per row:
-        the database driver lets go of the GIL around each execute, and in a process of busy
-        sending threads every hand-back costs the single writer a wait its senders then share."""
-        for start in range(0, len(rows), INSERT_BATCH):
-            part = rows[start : start + INSERT_BATCH]
-            sql = self._inserts.get((table, len(part)))
-            if sql is None:
-                marks = ", ".join([self._values[table]] * len(part))
-                sql = self._inserts[(table, len(part))] = (
-                    f"INSERT INTO {table} ({', '.join(COLUMNS[table])}) VALUES {marks}"
-                )
-            cursor.execute(sql, [value for row in part for value in row])
+        """Insert `rows` of `table`, many rows per statement (see flows/state/statements.py)."""
+        self._inserts[table].execute(cursor, rows)
 
     def head(self, run_id: str) -> ChainHead | None:
         return self._heads.get(run_id)

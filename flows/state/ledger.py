@@ -8,9 +8,11 @@ exactly those again (vendors treat "already in that state" as success, so that i
 Commits are grouped: one writer thread commits every answer waiting at that moment in one
 transaction, and each sender waits for the commit that holds its own row. The guarantee is
 the same as a commit per row; the cost is one commit per group instead of one per row, so
-dozens of sending threads do not queue behind each other. The writer runs one upsert text,
-built once, on its DBAPI connection: SQLAlchemy compiles its SQLite and PostgreSQL upserts
-anew on every execute (they have no cache key), which costs several times the commit itself.
+dozens of sending threads do not queue behind each other. The writer runs its own statement
+texts on its DBAPI connection, one multi-row statement per table and group
+(`flows/state/statements.py`): SQLAlchemy compiles its SQLite and PostgreSQL upserts anew on
+every execute (they have no cache key), and an `executemany` gives the GIL back once per row,
+each time a wait for it that every sender of the group shares.
 
 Keyed by vendor and invoice, with the `payload` that was sent (decision, invoice_number,
 void_date): a changed decision for the same invoice is a new decision and is sent.
@@ -54,6 +56,7 @@ from connectors.redact import redact
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
 from flows.state import audit
 from flows.state.audit import Chains, Entry
+from flows.state.statements import RowsStatement, placeholder
 
 DEFAULT_STATE_DIR = "data/state"
 LEDGER_FILE = "ledger.sqlite"
@@ -136,13 +139,14 @@ COLUMNS = tuple(c.name for c in decisions_table.columns)
 KEY_COLUMNS = tuple(c.name for c in decisions_table.primary_key)
 
 
-def upsert_sql(paramstyle: str) -> str:
-    """Insert a row or replace the one with its key: the same text for SQLite and PostgreSQL."""
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
+def upsert_statement(paramstyle: str) -> RowsStatement:
+    """Insert rows or replace those with their keys, many rows per statement: the same text for SQLite and PostgreSQL."""
     updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in KEY_COLUMNS)
-    return (
-        f"INSERT INTO {decisions_table.name} ({', '.join(COLUMNS)}) VALUES ({', '.join([mark] * len(COLUMNS))}) "
-        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}"
+    return RowsStatement(
+        f"INSERT INTO {decisions_table.name} ({', '.join(COLUMNS)})",
+        len(COLUMNS),
+        placeholder(paramstyle),
+        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}",
     )
 
 
@@ -210,8 +214,8 @@ class Ledger:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
-        self._upsert = upsert_sql(self.engine.dialect.paramstyle)
-        self._mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}[self.engine.dialect.paramstyle]
+        self._upsert = upsert_statement(self.engine.dialect.paramstyle)
+        self._mark = placeholder(self.engine.dialect.paramstyle)
         self._prepare_claim_sql()
         self._chains = Chains(self._mark)
         # What SQLAlchemy would do to a datetime before the driver sees it (SQLite stores text).
@@ -260,11 +264,17 @@ class Ledger:
     def record(self, decision: Decision, result: RowResult, run_id: str) -> None:
         """Write one decision's outcome (only for decisions that were actually sent), and its
         requests to the audit trail, in one transaction."""
+        pending = self.pending_row(decision, result, run_id)
+        if pending is not None:
+            self._write(pending)
+
+    def pending_row(self, decision: Decision, result: RowResult, run_id: str) -> _PendingRow | None:
+        """What `record` commits for an answer: its ledger row (None when the decision was not
+        sent) and its audit entries; None when there is nothing to write."""
         entries = audit.attempt_entries(decision, result, run_id)
         if result.attempts == 0 or result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
-            if entries:  # requests went out (a token fetch) though the decision itself did not
-                self._write(_PendingRow(None, entries))
-            return
+            # Requests may have gone out (a token fetch) though the decision itself did not.
+            return _PendingRow(None, entries) if entries else None
         if result.outcome is Outcome.SUCCEEDED:
             state = LedgerState.SUCCEEDED
         elif result.error_code in TRANSIENT_CODES:
@@ -285,7 +295,7 @@ class Ledger:
             self._timestamp(result.finished_at or datetime.now(UTC)),
             result.vendor_reference,
         )
-        self._write(_PendingRow(values, entries))
+        return _PendingRow(values, entries)
 
     def append_audit(self, entry: Entry) -> str:
         """Append one audit entry (a run's register row, an approval, its end) to its run's chain; its hash."""
@@ -316,12 +326,14 @@ class Ledger:
     def _prepare_claim_sql(self) -> None:
         """The claim statements as driver text, built once (the same for SQLite and PostgreSQL)."""
         m, claims, ledger = self._mark, claims_table.name, decisions_table.name
-        self._claim_sql = (
-            f"INSERT INTO {claims} (vendor, invoice_id, payload, run_id, holder, expires_at) "
-            f"VALUES ({', '.join([m] * 6)}) ON CONFLICT (vendor, invoice_id) DO UPDATE SET "
+        self._claim_rows_statement = RowsStatement(
+            f"INSERT INTO {claims} (vendor, invoice_id, payload, run_id, holder, expires_at)",
+            6,
+            m,
+            "ON CONFLICT (vendor, invoice_id) DO UPDATE SET "
             "payload = excluded.payload, run_id = excluded.run_id, holder = excluded.holder, "
             f"expires_at = excluded.expires_at WHERE {claims}.holder = excluded.holder "
-            f"OR {claims}.expires_at < excluded.expires_at - {m}"  # expired: its end before now (= ours - lease)
+            f"OR {claims}.expires_at < excluded.expires_at - {m}",  # expired: its end before now (= ours - lease)
         )
         self._owned_sql = (
             f"SELECT invoice_id FROM {claims} WHERE vendor = {m} AND invoice_id IN ({{keys}}) AND holder = {m}"
@@ -421,8 +433,9 @@ class Ledger:
         """Insert or take over (expired, or already ours) the claims; returns the invoices now ours."""
         now = time.time()
         until = now + lease
-        rows = [(vendor, d.invoice_id, d.payload, holder.run_id, holder.token, until, lease) for d in decisions]
-        conn.exec_driver_sql(self._claim_sql, rows)  # one executemany: no statement compiled per row
+        rows = [(vendor, d.invoice_id, d.payload, holder.run_id, holder.token, until) for d in decisions]
+        for text, values in self._claim_rows_statement.batches(rows, lease):  # many rows per statement
+            conn.exec_driver_sql(text, values)
         return set(self._select(conn, self._owned_sql, vendor, [d.invoice_id for d in decisions], holder.token))
 
     def _holders(self, conn, vendor: str, keys: list[str]) -> dict[str, tuple[str, str, float]]:
@@ -479,12 +492,12 @@ class Ledger:
                 connection.close()
 
     def _commit(self, connection, group: list[_PendingRow]) -> None:
-        rows = [row.values for row in group if row.values is not None]
+        # One row per key, the last: a statement may not touch one row twice (PostgreSQL refuses to).
+        latest = {row.values[:2]: row.values for row in group if row.values is not None}
         cursor = connection.cursor()
         try:
             entries, heads = self._chains.seal(connection, (e for row in group for e in row.entries))
-            if rows:
-                cursor.executemany(self._upsert, rows)
+            self._upsert.execute(cursor, list(latest.values()))
             for table, values in entries.items():
                 self._chains.insert(cursor, table, values)
             connection.commit()
