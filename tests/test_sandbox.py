@@ -862,6 +862,10 @@ def test_main_serves_until_interrupted(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal gives it, even when this suite was started with SIGINT ignored (a
+        # background job of a script): Python then installs no KeyboardInterrupt, and the
+        # sandbox rightly ignores SIGINT, as that job asked.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
@@ -883,7 +887,9 @@ def test_main_serves_until_interrupted(tmp_path: Path) -> None:
         assert r.status_code == 202
         session.close()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == 0
+        out, err = proc.communicate(timeout=60)  # reads both pipes: a full one never holds it up
+        assert proc.returncode == 0, err
+        assert out.rstrip().endswith("# sandbox stopped")
     finally:
         if proc.poll() is None:
             proc.kill()
