@@ -547,3 +547,29 @@ def test_an_empty_allowance_does_not_pause_a_vendor_already_paced_at_its_announc
         controller.answered(t.now, 200, {"RateLimit-Limit": "25", "RateLimit-Remaining": "0", "RateLimit-Reset": "1"})
         is None
     )
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("prefect_server")
+def test_a_previews_reads_count_against_the_daily_limit(sandbox, tmp_path, state_dir, capsys, monkeypatch):
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from flows.cli.main import main
+    from flows.state.ledger import Ledger
+    from tests.helpers import seed_approvals
+
+    monkeypatch.setenv("APPZEN_DAILY_LIMIT", "5")
+    pd.DataFrame(seed_approvals(sandbox, "appzen", range(8))).to_csv(tmp_path / "a.csv", index=False)
+    args = ["run", str(tmp_path / "a.csv"), "--out", str(tmp_path / "out"), "--dry-run", "--check-vendors"]
+    main([*args, "--no-progress"])
+    capsys.readouterr()
+    results = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert results["would_change"].value_counts().to_dict() == {"yes": 5, "unknown": 3}
+    unread = results[results["would_change"] == "unknown"]
+    assert unread["error_message"].str.contains("daily limit of 5 requests is used up").all()
+    assert len(sandbox.request_log("appzen")) == 5  # reads are requests: not one past the day's limit
+    ledger = Ledger.open()
+    assert ledger.quota_used("appzen", f"{datetime.now(UTC).date():%Y-%m-%d}") == 5
+    ledger.close()

@@ -326,8 +326,10 @@ def preview(
     show_progress: bool | None,
     settings_from_blocks: bool = False,
     stop: RunStop | None = None,
+    quota_store: QuotaStore | None = None,
 ) -> list[VendorCheck]:
-    """Read, for every planned row, its invoice's state at the vendor: like `dispatch`, with reads and no ledger."""
+    """Read, for every planned row, its invoice's state at the vendor: like `dispatch`, with reads that
+    record nothing but count against each vendor's daily limit in `quota_store` (the ledger)."""
 
     def submit(client: VendorClient, positions: np.ndarray, progress: RunProgress) -> PrefectFuture[Any]:
         return check_chunk.with_options(task_run_name=f"read-{client.vendor}-rows-{positions[0] + 1}").submit(
@@ -335,7 +337,14 @@ def preview(
         )
 
     checks, unusable = _in_lanes(
-        plan_, chunk_size, submit, show_progress, settings_from_blocks, "Invoices read", stop or RunStop()
+        plan_,
+        chunk_size,
+        submit,
+        show_progress,
+        settings_from_blocks,
+        "Invoices read",
+        stop or RunStop(),
+        quota_store=quota_store,
     )
     for vendor, settings in unusable.items():
         checks.extend(unconfigured_checks(frame, plan_.to_send[vendor], settings))
