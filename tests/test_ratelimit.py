@@ -15,6 +15,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from connectors.sending.ratelimit import (
 )
 from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, Outcome
-from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
+from flows.orchestration.shared_limits import PrefectGlobalLimit
 from sandbox import Sandbox
 from tests.helpers import (
     FAKE_ENV,
@@ -63,7 +65,7 @@ def make_client(vendor: str = "alfred") -> VendorClient:
     """A client as the flow builds it: a shared limit, if set, is read from the Prefect API."""
     cls = CONNECTORS[vendor]
     settings = cls.settings_from_env()
-    return VendorClient(cls(settings), limiter=limiter_for(settings, PREFECT_GLOBAL_LIMIT))
+    return VendorClient(cls(settings), limiter=limiter_for(settings, PrefectGlobalLimit()))
 
 
 def decisions(n: int, prefix: str = "INV", vendor: str = "alfred") -> list[Decision]:
@@ -294,23 +296,28 @@ class FakeGCL:
         self.time, self.limit, self.decay = time_, limit, decay
         self.exists, self.active = exists, active
         self.active_slots, self.updated = 0.0, time_.now
-        self.calls: list[tuple[str, int, float]] = []
+        self.calls: list[tuple[str, int, float]] = []  # the grants
+        self.refused: list[float] = []
 
     def describe(self, name: str):
         if not self.exists:
             raise GlobalLimitError(f"{name} does not exist")
         return self.limit, self.decay, self.active
 
-    def take(self, name: str, occupy: int) -> None:
+    def left(self) -> float:
+        """Slots still taken now: the server's decay counts whole slots since its last change."""
+        return max(0.0, self.active_slots - math.floor(self.decay * (self.time.now - self.updated)))
+
+    def take(self, name: str, occupy: int) -> float:
+        """As `PrefectGlobalLimit.take` answers: a grant, or the wait its count of taken slots gives."""
         assert occupy <= self.limit
-        while True:
-            now = self.time.now
-            left = max(0.0, self.active_slots - math.floor(self.decay * (now - self.updated)))
-            if left + occupy <= self.limit:
-                self.active_slots, self.updated = left + occupy, now
-                self.calls.append((name, occupy, now))
-                return
-            self.time.sleep(0.01)
+        left = self.left()
+        if left + occupy <= self.limit:
+            self.active_slots, self.updated = left + occupy, self.time.now
+            self.calls.append((name, occupy, self.time.now))
+            return 0.0
+        self.refused.append(self.time.now)
+        return max(left + occupy - self.limit, 1) / self.decay
 
 
 def test_global_limiter_takes_slots_in_batches_and_spaces_them():
@@ -326,7 +333,8 @@ def test_global_limiter_takes_slots_in_batches_and_spaces_them():
     # one API call per ~10 requests (each request uses 1/HEADROOM slots: 3% headroom)
     assert [occupy for _, occupy, _ in gcl.calls] == [10] * math.ceil(100 * GlobalRateLimiter.COST / 10)
     # its counters say what the GCL saw, and no request went out on slots it did not take
-    assert limiter.gcl_calls == len(gcl.calls) and limiter.slots_taken == sum(occupy for _, occupy, _ in gcl.calls)
+    assert limiter.batches == len(gcl.calls) and limiter.slots_taken == sum(occupy for _, occupy, _ in gcl.calls)
+    assert limiter.refusals == len(gcl.refused) == 0  # it never asks before its own batch has decayed
     assert 100 * GlobalRateLimiter.COST <= limiter.slots_taken < 100 * GlobalRateLimiter.COST + 10
     gaps = [b - a for a, b in itertools.pairwise(granted)]
     assert min(gaps) >= 1 / 20 - 1e-9  # spaced at the GCL's rate: a batch is never a burst
@@ -348,6 +356,37 @@ def test_global_limiter_honours_a_lower_local_rate_and_a_smaller_batch():
     assert min(b - a for a, b in itertools.pairwise(granted)) >= 1 / (5 * HEADROOM) - 1e-9
 
 
+def test_global_limiter_asks_again_when_the_slots_another_worker_took_have_decayed():
+    t = FakeTime()
+    gcl = FakeGCL(t, limit=10, decay=20)
+    gcl.take("other worker", 10)  # the whole burst, just now
+    t.sleep(0.12)  # 2 of its 10 slots have decayed since
+    limiter = GlobalRateLimiter("g", None, describe=gcl.describe, take_slots=gcl.take, clock=t.clock, sleep=t.sleep)
+    limiter.acquire()
+    # Refused once, then granted as soon as the other's 10 slots were free (0.5 s after it took
+    # them), not after a randomised wait: the slots do not sit idle between the workers' turns.
+    assert limiter.refusals == len(gcl.refused) == 1
+    assert gcl.calls[-1][0] == "g" and gcl.calls[-1][2] == pytest.approx(gcl.calls[0][2] + 10 / 20, abs=1 / 20)
+
+
+def test_a_stop_ends_the_wait_for_shared_slots_and_nothing_is_taken():
+    t = FakeTime()
+    stop = threading.Event()
+    gcl = FakeGCL(t, limit=10, decay=2)
+    gcl.take("other worker", 10)  # free again in 5 s
+
+    def sleep(seconds: float) -> None:
+        t.sleep(min(seconds, 0.5))
+        stop.set()  # the stop request comes in during the wait
+
+    limiter = GlobalRateLimiter(
+        "g", None, describe=gcl.describe, take_slots=gcl.take, clock=t.clock, sleep=sleep, stop=stop
+    )
+    limiter.acquire()
+    assert [name for name, _, _ in gcl.calls] == ["other worker"] and limiter.slots_taken == 0
+    assert t.now - gcl.calls[0][2] < 1.0
+
+
 def test_global_limiter_pause_holds_this_worker_back():
     t = FakeTime()
     gcl = FakeGCL(t, limit=5, decay=10)
@@ -357,6 +396,11 @@ def test_global_limiter_pause_holds_this_worker_back():
     before = t.now
     limiter.acquire()
     assert t.now - before >= 3.0
+    # The slot it held through the pause was stale by its end (the GCL had freed the batch for
+    # others after half a second), and so was the rest of the batch: the slot it held and two
+    # more requests' worth were dropped, and it went out on a slot of a new batch.
+    assert limiter.slots_dropped == pytest.approx(3 * GlobalRateLimiter.COST)
+    assert [at for _, _, at in gcl.calls][-1] >= before + 3.0
 
 
 def test_global_limiter_drops_slots_left_idle():
@@ -366,7 +410,8 @@ def test_global_limiter_drops_slots_left_idle():
     limiter.acquire()
     t.sleep(60)  # idle: the 4 slots left are stale by now
     limiter.acquire()
-    assert limiter.slots_dropped == pytest.approx(5 - GlobalRateLimiter.COST)
+    left = 5 - GlobalRateLimiter.COST  # three requests' worth, and the headroom left over
+    assert limiter.slots_dropped == pytest.approx(left - left % GlobalRateLimiter.COST)
     assert len(gcl.calls) == 2
 
 
@@ -414,8 +459,39 @@ sys.stdin.readline()  # both workers start sending together
 results = client.send_many(batch)
 client.close()
 print(json.dumps({"outcomes": sorted({r.outcome.value for r in results}),
-                  "gcl_calls": client.limiter.gcl_calls, "slots": client.limiter.slots_taken}))
+                  "batches": client.limiter.batches, "slots": client.limiter.slots_taken}))
 """
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_prefect_limit_grants_or_says_when_the_slots_will_be_free():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    name = f"vendor-alfred-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=10, slot_decay_per_second=4)
+        )
+    shared = PrefectGlobalLimit()
+    try:
+        assert shared.describe(name) == (10, 4.0, True)
+        assert shared.take(name, 10) == 0.0
+        wait = shared.take(name, 10)  # all ten were taken a moment ago: free again 2.5 s after
+        assert 0 < wait <= 10 / 4
+        for _ in range(2):  # the server counts decay in whole slots: at most one more slot period
+            time.sleep(wait)
+            wait = shared.take(name, 10)
+            if wait == 0.0:
+                break
+        assert wait == 0.0
+        with pytest.raises(GlobalLimitError, match="no longer exists"):  # the server grants a missing limit
+            shared.take(f"{name}-gone", 1)
+        with pytest.raises(GlobalLimitError, match="does not exist"):
+            shared.describe(f"{name}-gone")
+    finally:
+        shared.close()
+    shared.close()  # twice is harmless
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -462,7 +538,7 @@ def test_two_workers_share_one_gcl_rate_limit(sandbox, tmp_path):
 
     assert all(o["outcomes"] == ["succeeded"] for o in outputs)
     # batches, not one call per request
-    assert all(o["gcl_calls"] <= math.ceil(PER_WORKER * GlobalRateLimiter.COST / BURST) for o in outputs)
+    assert all(o["batches"] <= math.ceil(PER_WORKER * GlobalRateLimiter.COST / BURST) for o in outputs)
     times = arrivals(sandbox)
     assert len(times) == 2 * PER_WORKER
     by_worker = [sorted(t for t, _, path in sandbox.request_log("alfred") if f"/W{i}-" in path) for i in range(2)]
@@ -481,7 +557,65 @@ def test_two_workers_share_one_gcl_rate_limit(sandbox, tmp_path):
     # so the whole took at least as long as the shared rate allows for both workers' requests.
     assert times[-1] - times[0] >= (2 * PER_WORKER - 2 * BURST) / SHARED_RATE
     # The GCL shares the total rate; it does not split it evenly: a worker that is sending asks
-    # again the moment its batch has decayed, while Prefect makes a refused worker wait longer at
-    # each refusal, so the two may well take turns (docs/performance.md, "Shared between workers").
+    # again the moment its batch has decayed, a round trip before a refused worker that asks when
+    # the slots are free, so the two may well take turns (docs/performance.md, "Shared between workers").
     # What is promised is the total, checked above, and that both got through the GCL at all:
-    assert all(o["gcl_calls"] >= 1 for o in outputs)
+    assert all(o["batches"] >= 1 for o in outputs)
+
+
+def test_the_prefect_limit_asks_again_at_once_when_the_server_was_busy(monkeypatch):
+    """A 503 (SQLite locked by another worker's ask) is answered within the limiter's own loop;
+    the Prefect client's retry wrapper would sleep about 2 s after it, even with retries off."""
+    import httpx
+    import prefect.client.orchestration as orchestration
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.orchestration.shared_limits import BUSY_WAIT
+
+    answers = iter(
+        [
+            httpx.Response(503),
+            httpx.Response(423),
+            httpx.Response(200, json=[{"id": str(uuid.uuid4()), "name": "g", "limit": 10}]),
+        ]
+    )
+    asked: list[str] = []
+
+    def vendor_api(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/v2/concurrency_limits/increment"):
+            asked.append("increment")
+            return next(answers)
+        if request.url.path.endswith("/v2/concurrency_limits/g"):
+            asked.append("read")
+            now = "2026-12-01T00:00:00Z"
+            return httpx.Response(
+                200,
+                json={
+                    "id": str(uuid.uuid4()),
+                    "created": now,
+                    "updated": now,
+                    "name": "g",
+                    "limit": 10,
+                    "active_slots": 7,
+                    "slot_decay_per_second": 4.0,
+                    "active": True,
+                },
+            )
+        return httpx.Response(200, json="3.9.1")  # the client's version check on entering
+
+    real_get_client = orchestration.get_client
+    monkeypatch.setattr(
+        orchestration,
+        "get_client",
+        lambda **kwargs: real_get_client(httpx_settings={"transport": httpx.MockTransport(vendor_api)}, **kwargs),
+    )
+    shared = PrefectGlobalLimit()
+    # An API URL (never reached: the transport answers), or the client would start an ephemeral server.
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        try:
+            assert shared.take("g", 10) == BUSY_WAIT and asked == ["increment"]  # one ask, no retry behind it
+            assert shared.take("g", 10) == pytest.approx(7 / 4)  # refused: 7 taken, 7 more must decay at 4/s
+            assert asked == ["increment", "increment", "read"]
+            assert shared.take("g", 10) == 0.0
+        finally:
+            shared.close()

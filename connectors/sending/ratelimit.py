@@ -293,8 +293,8 @@ class RateLimiter:
 
 # (limit, slot_decay_per_second, active) of a GCL, read once per limiter.
 Describe = Callable[[str], "tuple[int, float, bool]"]
-# Blocks until `occupy` slots of the GCL are taken (Prefect's own 423/Retry-After loop).
-TakeSlots = Callable[[str, int], None]
+# Takes `occupy` slots of the GCL if they are free now: 0.0 when taken, else the seconds until they will be.
+TakeSlots = Callable[[str, int], float]
 
 
 class SharedLimit(Protocol):
@@ -304,8 +304,12 @@ class SharedLimit(Protocol):
         """(limit, slot decay per second, active); raises GlobalLimitError if it cannot be used."""
         ...
 
-    def take(self, name: str, occupy: int) -> None:
-        """Block until `occupy` slots are taken."""
+    def take(self, name: str, occupy: int) -> float:
+        """Take `occupy` slots if they are free now: 0.0 when taken, else the seconds until they will be."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the connection to where the limit lives (the next `take` opens another)."""
         ...
 
 
@@ -315,8 +319,11 @@ class NoSharedLimit:
     def describe(self, name: str) -> tuple[int, float, bool]:
         raise GlobalLimitError(f"shared limit {name!r} is set, but no Prefect API was given to read it from")
 
-    def take(self, name: str, occupy: int) -> None:
+    def take(self, name: str, occupy: int) -> float:
         raise GlobalLimitError(f"shared limit {name!r}: no Prefect API to take slots from")
+
+    def close(self) -> None:
+        pass
 
 
 class GlobalRateLimiter:
@@ -331,11 +338,16 @@ class GlobalRateLimiter:
     of the GCL's rate, the same headroom the local spacing keeps, so batches handed to
     different workers one after the other do not add up to more than the limit in a second.
 
-    Slots older than two batch periods are dropped unused: a worker that sat idle must not
-    spend old slots on top of the ones others are taking now. The GCL is never asked again
+    A batch is spent within the time its spacing needs for it (97% of one batch period of the
+    GCL, or longer when this worker's own rate is lower), or not at all: then the GCL counts the
+    slots free and may grant them to another worker, so slots a worker could not spend in time
+    (it sat idle, or a 429 paused it) are dropped, and two workers do not send on the same
+    slots' time at once. The GCL is never asked again
     sooner than one batch period after this worker's last batch arrived (no one can get
-    slots before then): asking early only earns a 423 and one of Prefect's randomised retry
-    waits.
+    slots before then). When another worker has the slots, the GCL says how many are taken
+    and this worker asks again the moment enough have decayed, not after one of Prefect's
+    randomised retry waits, which grow with every refusal and left slots idle between the
+    workers' turns. A stop ends the wait.
 
     `pause()` holds back this worker only; other workers see a 429 themselves.
     A GCL that is missing, inactive or has no slot decay raises `GlobalLimitError` from
@@ -364,38 +376,49 @@ class GlobalRateLimiter:
         self.rate = rate
         self.batch = batch
         self.local = RateLimiter(rate, clock=clock, sleep=sleep, stop=stop)
-        backend = shared or NoSharedLimit()
-        self._describe = describe or backend.describe
-        self._take_slots = take_slots or backend.take
+        self._stop = stop
+        self._backend = shared or NoSharedLimit()
+        self._describe = describe or self._backend.describe
+        self._take_slots = take_slots or self._backend.take
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()  # one GCL call at a time; guards the stock below
         self._ready = False
         self._error: GlobalLimitError | None = None
         self._stock = 0.0  # GCL slots taken and not used yet
-        self._stock_expires = 0.0
+        self._stock_expires = 0.0  # when the last batch's slots are stale
+        self._spend_seconds = 0.0  # what this worker's spacing needs for one batch
         self._last_grant = float("-inf")  # when the answer granting our last batch came back
         self.decay = 0.0
-        self.max_age = 0.0
         # Counters for tests and the benchmark.
-        self.gcl_calls = 0
+        self.batches = 0  # batches the GCL granted
+        self.refusals = 0  # asks it refused (another worker had the slots)
         self.slots_taken = 0
         self.slots_dropped = 0.0
 
     def acquire(self) -> float:
         """Wait for slots from the shared limit, then for this worker's spacing; returns the wait."""
         started = self._clock()
-        with self._lock:
-            if not self._ready:
-                self._setup()
-            if self._stock and self._clock() >= self._stock_expires:
-                self.slots_dropped += self._stock
-                self._stock = 0.0
-            while self._stock < self.COST - 1e-9:
-                self._refill()
-            self._stock -= self.COST
-        self.local.acquire()
-        return self._clock() - started
+        while True:
+            with self._lock:
+                if not self._ready:
+                    self._setup()
+                if self._stock >= self.COST and self._clock() >= self._stock_expires:
+                    # Stale: keep less than a request's worth, the headroom left over from a batch.
+                    stale = self._stock - self._stock % self.COST
+                    self.slots_dropped += stale
+                    self._stock -= stale
+                while self._stock < self.COST - 1e-9:
+                    if not self._refill():
+                        return self._clock() - started  # stopped: the caller sends nothing
+                self._stock -= self.COST
+                expires = self._stock_expires
+            self.local.acquire()
+            if self._clock() < expires or self._stopped():
+                return self._clock() - started
+            # Its spacing (or a pause) outlasted the slot: the GCL may have handed it on. Take another.
+            with self._lock:
+                self.slots_dropped += self.COST
 
     def pause(self, seconds: float) -> None:
         self.local.pause(seconds)
@@ -409,6 +432,7 @@ class GlobalRateLimiter:
 
     def close(self) -> None:
         self.local.close()
+        self._backend.close()
 
     # -- internals (called with self._lock held) -------------------------------------------
     def _setup(self) -> None:
@@ -430,23 +454,37 @@ class GlobalRateLimiter:
             raise
         self.batch = min(self.batch or limit, limit)
         self.decay = decay
-        spending = min(decay, self.rate or decay)
-        self.max_age = 2.0 * self.batch / spending
+        # A little sooner than the GCL frees the batch (the same headroom): the other worker's
+        # first request, sent the moment it is granted the next batch, must not bunch up with
+        # this worker's last ones in one second.
+        self._spend_seconds = HEADROOM * self.batch / min(decay, self.rate or decay)
         if self.rate is None:
             self.local.set_rate(decay)
         self._ready = True
 
-    def _refill(self) -> None:
+    def _refill(self) -> bool:
+        """Take one batch from the GCL, waiting as long as it takes; False if a stop came first."""
         batch = cast(int, self.batch)  # an int from _setup() on, which runs before any refill
         wait = self._last_grant + batch / self.decay - self._clock()
-        if wait > 0:
-            self._sleep(wait)
-        self._take_slots(self.name, batch)
-        self._last_grant = self._clock()  # the answer is never earlier than the grant
-        self.gcl_calls += 1
-        self.slots_taken += batch
-        self._stock += batch
-        self._stock_expires = self._last_grant + self.max_age
+        while not self._stopped():
+            if wait > 0:
+                self._sleep(wait)
+                wait = 0.0
+                continue  # look at the stop again before asking
+            wait = self._take_slots(self.name, batch)
+            if wait > 0:
+                self.refusals += 1
+                continue
+            self._last_grant = self._clock()  # the answer is never earlier than the grant
+            self.batches += 1
+            self.slots_taken += batch
+            self._stock += batch
+            self._stock_expires = self._last_grant + self._spend_seconds
+            return True
+        return False
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
 
 def limiter_for(

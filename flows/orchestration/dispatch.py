@@ -38,7 +38,7 @@ from connectors.settings import VendorSettings
 from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck, WouldChange
 from flows.orchestration.progress import RunProgress
 from flows.orchestration.secrets import SettingsEnviron, credential_saver, settings_environ
-from flows.orchestration.shared_limits import PREFECT_GLOBAL_LIMIT
+from flows.orchestration.shared_limits import PrefectGlobalLimit
 from flows.orchestration.stopping import RunStop
 from flows.pipeline.planning import Plan, decisions_for
 from flows.state.ledger import CLAIM_LEASE, ClaimHolder, Claims, Ledger
@@ -113,7 +113,7 @@ def open_clients(
         if settings.usable:
             limiter = limiter_for(
                 settings,
-                PREFECT_GLOBAL_LIMIT,
+                PrefectGlobalLimit(),
                 machine_dir=rate_schedule_dir(environ),
                 stop=stop,
                 remembered=clients.rates.recall(vendor, settings.base_url) if clients.rates else None,
