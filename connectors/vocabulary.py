@@ -95,18 +95,19 @@ class RowResult:
 
 
 class RequestKind(enum.StrEnum):
-    """Why a request went out: the decision itself, or a token fetch it needed."""
+    """Why a request went out: the decision itself, a preview's read of its invoice, or a token fetch either needed."""
 
     DECISION = "decision"
+    READ = "read"
     TOKEN = "token"
 
 
 @dataclass(frozen=True, slots=True)
 class HttpAttempt:
-    """One HTTP request made for a decision, as the audit trail keeps it (plain data, no credential)."""
+    """One HTTP request made for a decision (or a preview's read of it), as the audit trail keeps it (plain data, no credential)."""
 
     kind: RequestKind
-    attempt: int  # the decision's attempt this request belongs to (1 = its first)
+    attempt: int  # the decision's attempt (or read) this request belongs to (1 = its first)
     started_at: datetime
     latency_us: int | None  # from the request leaving to its answer (or failure), pacing waits excluded
     http_status: int | None  # None: no answer (a timeout, a dropped connection)
@@ -128,6 +129,7 @@ class VendorCheck:
     http_status: int | None = None
     vendor_reference: str | None = None
     reads: int = 0  # HTTP requests this read took (retries included)
+    tries: tuple[HttpAttempt, ...] = ()  # every request made for it, as the audit trail keeps them
 
 
 Text = TypeVar("Text", str, "pd.Series[str]")  # one decision, or a whole file's column

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from connectors.registry import VENDORS as ALL_VENDORS
 from flows.cli.main import EXIT_OK, EXIT_ROWS_NOT_DONE, EXIT_UNUSABLE, SAMPLE_FILE, SAMPLE_SANDBOX_SEED, main
 from flows.orchestration.dispatch import CHUNKS_IN_FLIGHT_PER_VENDOR, lanes
+from flows.state import audit
 from flows.state.ledger import Ledger, ledger_url
 from tests.helpers import artifacts_of, seed_approvals
 
@@ -429,8 +431,23 @@ def test_a_preview_asks_the_vendors_and_changes_nothing(sandbox, tmp_path, capsy
     ledger = Ledger(ledger_url({"INVOICE_SYNC_STATE_DIR": str(state_dir)}))
     try:
         assert ledger.lookup(ALL_VENDORS).empty
+        with ledger.engine.connect() as conn:
+            audited = pd.DataFrame(conn.execute(sa.select(audit.attempts_table)).mappings().all())
     finally:
         ledger.close()
+    # But every request the vendors saw is in the audit trail, marked as a preview's read (or its token).
+    for vendor in ALL_VENDORS:
+        mine = audited[audited["vendor"] == vendor]
+        log = sandbox.request_log(vendor)
+        assert len(mine) == len(log)
+        assert (mine["kind"] == "token").sum() == sum(p.endswith("/oauth/token") for _, _, p in log)
+    reads = audited[audited["kind"] == "read"]
+    read_ids = {r["invoice_id"] for r in rows + done + missing}  # modulus documents no read: none made
+    assert set(reads["invoice_id"]) == read_ids and set(audited["kind"]) <= {"read", "token"}
+    assert reads.set_index("invoice_id").loc["A99999", "http_status"] == 404
+    assert main(["audit", "verify"]) == EXIT_OK and "entries: intact" in capsys.readouterr().out
+    assert main(["history", rows[0]["invoice_id"], "--vendor", rows[0]["vendor"]]) == EXIT_OK
+    assert "preview read 1" in capsys.readouterr().out
     artifacts = artifacts_of(results["run_id"].iloc[0])
     markdown = next(a for a in artifacts if a.key == "invoice-sync-run")
     assert f"the vendors say: {line}" in markdown.data

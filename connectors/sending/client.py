@@ -118,13 +118,14 @@ class _Clock:
         )
 
 
-def _audited(tries: list[HttpAttempt], result: RowResult) -> tuple[HttpAttempt, ...]:
-    """The tries as the audit keeps them: texts redacted, the last decision try with the result's own words."""
-    decisions = [i for i, t in enumerate(tries) if t.kind is RequestKind.DECISION]
-    last = decisions[-1] if decisions else -1
+def _audited(tries: list[HttpAttempt], kind: RequestKind, said: str) -> tuple[HttpAttempt, ...]:
+    """The tries as the audit keeps them: texts redacted, the last try of `kind` with what the row's
+    result (or read) `said`."""
+    own = [i for i, t in enumerate(tries) if t.kind is kind]
+    last = own[-1] if own else -1
     audited = []
     for i, t in enumerate(tries):
-        message = result.error_message if i == last else (redact(t.message) if t.message else "")
+        message = said if i == last else (redact(t.message) if t.message else "")
         reference = redact(t.vendor_reference) if t.vendor_reference else None
         if message != t.message or reference != t.vendor_reference:
             t = replace(t, message=message, vendor_reference=reference)
@@ -328,11 +329,18 @@ class VendorClient:
                 self._stop(decision, attempt.verdict)
             result = self._result(decision, attempt, attempts)
             result.vendor_reference = redact(reference) if reference else None
-        result.tries = _audited(tries, result)
+        result.tries = _audited(tries, RequestKind.DECISION, result.error_message)
         return result
 
     def check(self, decision: Decision) -> VendorCheck:
         """Read one decision's invoice at its vendor (a preview), retrying as declared; never a write."""
+        tries: list[HttpAttempt] = []
+        checked = self._check(decision, tries)
+        if tries:  # the audit trail keeps the reads too: requests a vendor saw, and counted
+            checked.tries = _audited(tries, RequestKind.READ, checked.message)
+        return checked
+
+    def _check(self, decision: Decision, tries: list[HttpAttempt]) -> VendorCheck:
         row = decision.row_number
         if self.run_stop.is_set():
             return self._unread(decision)
@@ -346,8 +354,8 @@ class VendorClient:
             return VendorCheck(
                 row, WouldChange.UNKNOWN, message=f"{self.vendor} documents no read of an invoice's state"
             )
-        # A preview writes nothing, so its reads are not audited (`tries` is dropped).
-        attempt, reads, reference, _ = self._try(request, partial(self.connector.classify_read, decision), [])
+        classify = partial(self.connector.classify_read, decision)
+        attempt, reads, reference, _ = self._try(request, classify, tries, RequestKind.READ)
         reference = redact(reference) if reference else None
         verdict = attempt.verdict
         if not attempt.sent and verdict.error_code is ErrorCode.QUOTA_EXHAUSTED:
@@ -391,11 +399,11 @@ class VendorClient:
         )
 
     def _try(
-        self, request: Request, classify: Classify, tries: list[HttpAttempt]
+        self, request: Request, classify: Classify, tries: list[HttpAttempt], kind: RequestKind = RequestKind.DECISION
     ) -> tuple[Attempt, int, str | None, Attempt]:
         """One request, retried as declared: (the last attempt, attempts made, the latest vendor
         reference, the last attempt that went out). Every request made is added to `tries`."""
-        attempt: Attempt = self._attempt(request, classify, tries, 1)
+        attempt: Attempt = self._attempt(request, classify, tries, 1, kind)
         attempts = 1
         reference = attempt.reference
         answered = attempt  # the last try that went out
@@ -408,7 +416,7 @@ class VendorClient:
             def again(request: Request) -> Attempt:
                 nonlocal reference, answered, number
                 number += 1
-                tried = first.pop() if first else self._attempt(request, classify, tries, number)
+                tried = first.pop() if first else self._attempt(request, classify, tries, number, kind)
                 reference = tried.reference or reference  # the latest answer the vendor named
                 answered = tried if tried.sent else answered
                 return tried
@@ -418,7 +426,9 @@ class VendorClient:
             attempts = retrying.statistics.get("attempt_number", 1)
         return attempt, attempts, reference, answered
 
-    def _attempt(self, request: Request, classify: Classify, tries: list[HttpAttempt], number: int) -> Attempt:
+    def _attempt(
+        self, request: Request, classify: Classify, tries: list[HttpAttempt], number: int, kind: RequestKind
+    ) -> Attempt:
         if self.run_stop.is_set():  # checked after every backoff too: no request after the run's stop
             return Attempt(_STOPPED_BEFORE_SENDING, None, sent=False)
         if self._stopped is not None:  # checked after every backoff too: no request after a stop
@@ -446,13 +456,13 @@ class VendorClient:
         except Exception as exc:  # every failure becomes a Verdict; nothing escapes a row
             verdict = classify(request, error=exc)
             if clock.started is not None:  # the request went out and got no answer
-                tries.append(clock.attempt(RequestKind.DECISION, number, None, verdict))
+                tries.append(clock.attempt(kind, number, None, verdict))
             return Attempt(verdict, None)
         verdict = classify(request, response=response)
         if verdict.action is Action.REAUTH:
             self.auth.invalidate(authed)
         reference = self.connector.vendor_reference(response)
-        tries.append(clock.attempt(RequestKind.DECISION, number, response.status_code, verdict, reference))
+        tries.append(clock.attempt(kind, number, response.status_code, verdict, reference))
         return Attempt(verdict, response.status_code, reference=reference)
 
     def _send_raw(self, request: Request, clock: _Clock | None = None) -> Response:

@@ -77,7 +77,10 @@ def _run_line(run: dict) -> str:
 
 
 def _attempt_line(a: dict) -> str:
-    what = f"{a['kind']} for attempt {a['attempt']}" if a["kind"] != "decision" else f"attempt {a['attempt']}"
+    number = a["attempt"]
+    what = {"decision": f"attempt {number}", "read": f"preview read {number}"}.get(
+        a["kind"], f"{a['kind']} for attempt {number}"
+    )
     status = f"HTTP {a['http_status']}" if a.get("http_status") is not None else "no answer"
     reading = " ".join(str(x) for x in (a.get("action"), a.get("error_code"), a.get("vendor_error_code")) if x)
     latency = f"{a['latency_us'] / 1000:.1f} ms" if a.get("latency_us") is not None else ""

@@ -5,7 +5,8 @@ Each chunk claims its rows in the ledger before sending (rows another live run h
 `INTERRUPTED`); every vendor's pace is shared with this machine's other runs.
 
 A preview (`preview`, for `run --dry-run --check-vendors`) goes the same way with reads: the
-same clients, limiters and chunks, `check_chunk` instead of `send_chunk`, and no ledger.
+same clients, limiters and chunks, `check_chunk` instead of `send_chunk`, and no claims and no
+ledger rows: its reads go to the audit trail and count against the vendors' daily limits.
 """
 
 from __future__ import annotations
@@ -200,10 +201,24 @@ def interrupted_results(frame: pd.DataFrame, positions: np.ndarray, answered: se
 
 @task(cache_policy=NO_CACHE)
 def check_chunk(
-    client: VendorClient, frame: pd.DataFrame, positions: np.ndarray, progress: RunProgress
+    client: VendorClient,
+    frame: pd.DataFrame,
+    positions: np.ndarray,
+    ledger: Ledger,
+    run_id: str,
+    progress: RunProgress,
 ) -> list[VendorCheck]:
-    """Read the invoices of one chunk of one vendor's decisions (a preview: nothing is written)."""
-    return client.check_many(decisions_for(frame, positions), on_result=lambda d, c: progress.advance(client.vendor))
+    """Read the invoices of one chunk of one vendor's decisions (a preview), each read audited as it comes."""
+
+    def record(decision: Decision, check: VendorCheck) -> None:
+        try:
+            ledger.record_reads(decision, check, run_id)
+        except Exception as exc:  # the read is still the preview's answer; say it was not audited
+            check.message = f"{check.message} (not recorded in the audit trail: {type(exc).__name__})".strip()
+            get_run_logger().error("audit write failed for row %d: %s", decision.row_number, exc)
+        progress.advance(client.vendor)
+
+    return client.check_many(decisions_for(frame, positions), on_result=record)
 
 
 def unconfigured_results(frame: pd.DataFrame, positions: np.ndarray, settings: VendorSettings) -> list[RowResult]:
@@ -323,17 +338,18 @@ def preview(
     frame: pd.DataFrame,
     plan_: Plan,
     chunk_size: int,
+    ledger: Ledger,
+    run_id: str,
     show_progress: bool | None,
     settings_from_blocks: bool = False,
     stop: RunStop | None = None,
-    quota_store: QuotaStore | None = None,
 ) -> list[VendorCheck]:
     """Read, for every planned row, its invoice's state at the vendor: like `dispatch`, with reads that
-    record nothing but count against each vendor's daily limit in `quota_store` (the ledger)."""
+    change no ledger row but are audited and count against each vendor's daily limit."""
 
     def submit(client: VendorClient, positions: np.ndarray, progress: RunProgress) -> PrefectFuture[Any]:
         return check_chunk.with_options(task_run_name=f"read-{client.vendor}-rows-{positions[0] + 1}").submit(
-            client, frame, positions, progress
+            client, frame, positions, ledger, run_id, progress
         )
 
     checks, unusable = _in_lanes(
@@ -344,7 +360,7 @@ def preview(
         settings_from_blocks,
         "Invoices read",
         stop or RunStop(),
-        quota_store=quota_store,
+        quota_store=ledger,
     )
     for vendor, settings in unusable.items():
         checks.extend(unconfigured_checks(frame, plan_.to_send[vendor], settings))

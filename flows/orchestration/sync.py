@@ -260,8 +260,8 @@ def _sync(
             return _ended(trail, not_approved, len(frame))
         sent += dispatch(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks, stop)
     ledger_place = ledger.describe()
-    if checks is not None and plan_.send_count:  # reads only: nothing is recorded but the day's count of requests
-        checks += preview(frame, plan_, chunk_size, show_progress, settings_from_blocks, stop, quota_store=ledger)
+    if checks is not None and plan_.send_count:  # reads only: audited and counted, no ledger row changed
+        checks += preview(frame, plan_, chunk_size, ledger, run_id, show_progress, settings_from_blocks, stop)
 
     results = assemble_results(frame, plan_, sent, run_id, dry_run=dry_run, checks=checks)
     parquet_path, csv_path = write_results(results, out_dir)

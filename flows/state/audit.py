@@ -3,8 +3,8 @@
 Four append-only tables, beside the ledger (same database): `audit_runs` (one row per run, when
 it starts: the file, its size and SHA-256, who started it), `audit_approvals` (a four-eyes
 decision, or a refused approver), `audit_attempts` (one row per HTTP request: the decision's
-attempts and the token fetches they needed) and `audit_run_ends` (counts, state, where the
-results went). Nothing here updates or deletes a row.
+attempts, a preview's reads, and the token fetches they needed) and `audit_run_ends` (counts,
+state, where the results went). Nothing here updates or deletes a row.
 
 The entries of one run, in all four tables, form one chain ordered by `seq`: the run's register
 row is entry 0, each entry holds `prev_hash` (the previous entry's `row_hash`; the first holds
@@ -36,7 +36,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from connectors.redact import redact
-from connectors.vocabulary import Decision, RowResult
+from connectors.vocabulary import Decision, HttpAttempt
 from flows.state.statements import RowsStatement
 
 GENESIS = "0" * 64  # the prev_hash of a run's first entry
@@ -99,7 +99,7 @@ attempts_table = sa.Table(
     sa.Column("row_number", sa.Integer),
     sa.Column("decision", sa.String(16)),
     sa.Column("payload", sa.Text),
-    sa.Column("kind", sa.String(16), nullable=False),  # decision | token
+    sa.Column("kind", sa.String(16), nullable=False),  # decision | read (a preview's) | token
     sa.Column("attempt", sa.Integer, nullable=False),
     sa.Column("http_status", sa.Integer),
     sa.Column("action", sa.String(16)),
@@ -205,8 +205,8 @@ class Entry:
         return {"run_id": self.run_id, **dict(zip(CONTENT[self.table], self.row, strict=True))}
 
 
-def attempt_entries(decision: Decision, result: RowResult, run_id: str) -> list[Entry]:
-    """The audit entries of one decision's requests (plain data from the sending side)."""
+def attempt_entries(decision: Decision, tries: Iterable[HttpAttempt], run_id: str) -> list[Entry]:
+    """The audit entries of one decision's requests, or of a preview's reads (plain data from the sending side)."""
     table = attempts_table.name
     vendor, invoice, row_number, what, payload = (
         decision.vendor,
@@ -237,7 +237,7 @@ def attempt_entries(decision: Decision, result: RowResult, run_id: str) -> list[
                 t.message,
             ),
         )
-        for t in result.tries
+        for t in tries
     ]
 
 
@@ -586,7 +586,7 @@ def runs_frame(conn, run_ids_: Iterable[str] | None = None, since: str | None = 
 
 
 def history(engine: sa.Engine, invoice_id: str, vendor: str | None = None) -> list[dict[str, Any]]:
-    """Every run that sent this invoice, newest first, each with its attempts (newest first)."""
+    """Every run that sent (or, a preview, read) this invoice, newest first, each with its attempts (newest first)."""
     create_audit_tables(engine)
     query = sa.select(attempts_table).where(attempts_table.c.invoice_id == invoice_id)
     if vendor is not None:

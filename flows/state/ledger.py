@@ -26,8 +26,9 @@ claim of a run that died expires (at once, when it ran on this machine and its p
 gone), so a rerun takes it over and the crash bound stays: only requests in flight are unknown.
 
 Every answer's requests (`RowResult.tries`) go to the audit trail in the same transaction as its
-ledger row (`flows/state/audit.py`): the writer seals each run's audit entries into that run's
-hash chain as it commits them, so the chain's order is the commit order.
+ledger row (`flows/state/audit.py`), and a preview's reads (`VendorCheck.tries`) go there alone:
+the writer seals each run's audit entries into that run's hash chain as it commits them, so the
+chain's order is the commit order.
 
 Default store: SQLite under `INVOICE_SYNC_STATE_DIR` (default `data/state/`). Several workers
 share one ledger through PostgreSQL: set `INVOICE_SYNC_LEDGER_URL`
@@ -53,7 +54,7 @@ import sqlalchemy.dialects.postgresql
 import sqlalchemy.dialects.sqlite
 
 from connectors.redact import redact
-from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult
+from connectors.vocabulary import Decision, ErrorCode, Outcome, RowResult, VendorCheck
 from flows.state import audit
 from flows.state.audit import Chains, Entry
 from flows.state.statements import RowsStatement, placeholder
@@ -271,7 +272,7 @@ class Ledger:
     def pending_row(self, decision: Decision, result: RowResult, run_id: str) -> _PendingRow | None:
         """What `record` commits for an answer: its ledger row (None when the decision was not
         sent) and its audit entries; None when there is nothing to write."""
-        entries = audit.attempt_entries(decision, result, run_id)
+        entries = audit.attempt_entries(decision, result.tries, run_id)
         if result.attempts == 0 or result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
             # Requests may have gone out (a token fetch) though the decision itself did not.
             return _PendingRow(None, entries) if entries else None
@@ -296,6 +297,12 @@ class Ledger:
             result.vendor_reference,
         )
         return _PendingRow(values, entries)
+
+    def record_reads(self, decision: Decision, check: VendorCheck, run_id: str) -> None:
+        """Write a preview's requests for one decision to the audit trail (the ledger itself is not changed)."""
+        entries = audit.attempt_entries(decision, check.tries, run_id)
+        if entries:
+            self._write(_PendingRow(None, entries))
 
     def append_audit(self, entry: Entry) -> str:
         """Append one audit entry (a run's register row, an approval, its end) to its run's chain; its hash."""
