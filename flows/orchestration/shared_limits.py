@@ -14,6 +14,7 @@ from connectors.errors import GlobalLimitError
 if TYPE_CHECKING:
     import httpx
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 
 HTTP_LOCKED = 423  # the GCL's answer when the slots asked for are taken
 HTTP_BUSY = 503  # the server's database was locked by another write (SQLite, workers asking at once)
@@ -34,17 +35,11 @@ class PrefectGlobalLimit:
 
     def describe(self, name: str) -> tuple[int, float, bool]:
         """The GCL's (limit, slot decay, active)."""
-        from prefect.exceptions import ObjectNotFound
-
-        try:
-            gcl = self._api().read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            raise GlobalLimitError(
-                f"Prefect global concurrency limit {name!r} does not exist; create it with "
-                f"`prefect gcl create {name} --limit <burst> --slot-decay-per-second <rate>`"
-            ) from None
-        except Exception as exc:  # the API is unreachable or refuses us: never send unlimited
-            raise GlobalLimitError(f"cannot read Prefect global concurrency limit {name!r}: {exc}") from None
+        missing = (
+            f"Prefect global concurrency limit {name!r} does not exist; create it with "
+            f"`prefect gcl create {name} --limit <burst> --slot-decay-per-second <rate>`"
+        )
+        gcl = self._read(self._api(), name, missing)
         return int(gcl.limit), float(gcl.slot_decay_per_second or 0.0), bool(gcl.active)
 
     def take(self, name: str, occupy: int) -> float:
@@ -105,18 +100,23 @@ class PrefectGlobalLimit:
         except Exception as exc:
             raise GlobalLimitError(f"cannot reach Prefect global concurrency limit {name!r}: {exc}") from None
 
-    @staticmethod
-    def _time_until_free(api: SyncPrefectClient, name: str, occupy: int) -> float:
+    @classmethod
+    def _time_until_free(cls, api: SyncPrefectClient, name: str, occupy: int) -> float:
         """Taken by others: the limit's own count, decayed to now, says when `occupy` slots will be free.
 
         Its decay counts whole slots since its last change, so this is at most one slot period early."""
+        gcl = cls._read(api, name, f"Prefect global concurrency limit {name!r} no longer exists")
+        shortfall = gcl.active_slots + occupy - gcl.limit
+        return max(shortfall, 1) / float(gcl.slot_decay_per_second or 1.0)
+
+    @staticmethod
+    def _read(api: SyncPrefectClient, name: str, missing: str) -> GlobalConcurrencyLimitResponse:
+        """The GCL as the server has it now; `missing` is the error's text when it does not exist."""
         from prefect.exceptions import ObjectNotFound
 
         try:
-            gcl = api.read_global_concurrency_limit_by_name(name)
+            return api.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            raise GlobalLimitError(f"Prefect global concurrency limit {name!r} no longer exists") from None
-        except Exception as exc:
+            raise GlobalLimitError(missing) from None
+        except Exception as exc:  # the API is unreachable or refuses us: never send unlimited
             raise GlobalLimitError(f"cannot read Prefect global concurrency limit {name!r}: {exc}") from None
-        shortfall = gcl.active_slots + occupy - gcl.limit
-        return max(shortfall, 1) / float(gcl.slot_decay_per_second or 1.0)
