@@ -5,7 +5,9 @@
   and pandas still writes what the fast path does not know, times cut the same way;
 * the planner's vectorised repeat/conflict marking gives the same outcomes and messages as
   the straightforward loop over duplicate groups it replaced;
-* the transport sends a row that needs no retry without tenacity, and one that does with it.
+* the transport sends a row that needs no retry without tenacity, and one that does with it;
+* the ledger's SQLite timestamps are SQLAlchemy's text, made faster;
+* what sending freezes for the garbage collector is collectable again once sending ends.
 """
 
 from __future__ import annotations
@@ -225,3 +227,29 @@ def test_tenacity_only_for_rows_that_need_another_try(monkeypatch):
     third = c.send(decision(3))
     assert (third.outcome, third.error_code, third.attempts, len(loops)) == (Outcome.FAILED, ErrorCode.NOT_FOUND, 1, 1)
     assert len(http.calls) == 4 and len(sleeps) == 1  # one backoff, before the retry
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), timezones=st.just(UTC) | st.none()))
+def test_sqlite_timestamps_are_what_sqlalchemy_writes(when):
+    import sqlalchemy as sa
+
+    from flows.state.ledger import decisions_table, timestamp_binder
+
+    dialect = sa.create_engine("sqlite://").dialect
+    sqlalchemys = decisions_table.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert timestamp_binder(dialect)(when) == sqlalchemys(when)
+
+
+def test_what_sending_freezes_is_collectable_again_afterwards():
+    import gc
+
+    from flows.orchestration.dispatch import spared_from_collection
+
+    with spared_from_collection():
+        assert gc.get_freeze_count() > 0  # what was alive is out of the collections
+        cycle: list = []
+        cycle.append(cycle)
+        gc.freeze()  # as sending does after every chunk and progress tick
+    del cycle
+    assert gc.get_freeze_count() == 0
+    assert gc.collect() >= 1  # the frozen cycle, garbage now, is found

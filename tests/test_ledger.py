@@ -134,6 +134,41 @@ def test_concurrent_answers_share_commits_and_all_are_durable(tmp_path):
     reopened.close()
 
 
+def test_claims_quota_and_answers_take_turns_on_one_sqlite_ledger(tmp_path, monkeypatch):
+    """Within one process, the writer's group commits, claims, releases and quota blocks never
+    find SQLite's write lock taken (whose busy handler sleeps up to 100 ms a try): with SQLite's
+    busy timeout at 0, any overlap would fail at once with "database is locked"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import flows.state.ledger as ledger_module
+    from flows.state.ledger import ClaimHolder
+
+    with_pragmas = ledger_module._sqlite_pragmas
+
+    def no_busy_wait(dbapi_connection, record):
+        with_pragmas(dbapi_connection, record)
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    monkeypatch.setattr(ledger_module, "_sqlite_pragmas", no_busy_wait)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    holder = ClaimHolder.for_run("run-t")
+    answers = [Decision(i, f"{i:06d}", "alfred", "approve") for i in range(600)]
+    chunks = [[Decision(i, f"c{k}-{i:04d}", "modulus", "cancel") for i in range(50)] for k in range(30)]
+
+    def claim_and_release(chunk):
+        claims = ledger.claim(chunk, holder)
+        ledger.release(claims.won, holder)
+        return len(claims.won)
+
+    with ThreadPoolExecutor(24) as pool:
+        recorded = pool.map(lambda d: ledger.record(d, result(d.row_number, Outcome.SUCCEEDED), "run-t"), answers)
+        claimed = pool.map(claim_and_release, chunks)
+        taken = pool.map(lambda _: ledger.take_quota("appzen", "2026-11-30", 10, 300_000), range(30))
+        assert (len(list(recorded)), sum(claimed), sum(taken)) == (600, 1500, 300)
+    assert ledger.quota_used("appzen", "2026-11-30") == 300
+    ledger.close()
+
+
 def test_a_failed_commit_reaches_its_senders_and_the_writer_recovers(tmp_path):
     from flows.state.ledger import metadata
 

@@ -337,6 +337,29 @@ def test_http_sends_json_form_params_and_user_agent_and_reads_the_answer():
     assert b"application/x-www-form-urlencoded" in second
 
 
+def test_http_keeps_one_pool_per_origin_and_sends_each_request_to_its_own():
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    vendor, token_endpoint = OneShotServer(lambda _: ok), OneShotServer(lambda _: ok)
+    http = Http(2)
+    try:
+        http.request("GET", f"{vendor.url}/api/v1/invoices/INV-1", params={"expand": "state"}, timeout=5)
+        http.request("POST", f"{token_endpoint.url}?grant=client", data={"a": "b"}, timeout=5)
+        http.request("GET", vendor.url, timeout=5)
+        http.request("PUT", f"{vendor.url}/api/v1/invoices/INV 2/approve", json={}, timeout=5)
+    finally:
+        http.close()
+        vendor.close()
+        token_endpoint.close()
+    assert [r.split(b"\r\n")[0] for r in vendor.received] == [
+        b"GET /api/v1/invoices/INV-1?expand=state HTTP/1.1",
+        b"GET / HTTP/1.1",
+        b"PUT /api/v1/invoices/INV%202/approve HTTP/1.1",  # encoded by the pool, as before
+    ]
+    assert [r.split(b"\r\n")[0] for r in token_endpoint.received] == [b"POST /?grant=client HTTP/1.1"]
+    host = vendor.url.removeprefix("http://").encode()
+    assert all(f"Host: {host.decode()}".encode() in r for r in vendor.received)
+
+
 def test_http_does_not_follow_redirects():
     server = OneShotServer(
         lambda _: (

@@ -102,6 +102,8 @@ def read_limit_headers(headers: Mapping[str, str], now_epoch: float | None = Non
     reset=..`), and `X-RateLimit-*` (a reset that looks like a Unix time is taken as one). The
     window is 1 s unless a policy says otherwise (assumed: what per-second APIs send).
     """
+    if not any("ratelimit" in name.lower() for name in headers):  # most answers: one look at the names
+        return None
     get = headers.get
     combined = get("RateLimit")
     fields: dict[str, str] = {}

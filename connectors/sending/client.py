@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar, cast
@@ -128,7 +128,20 @@ def _audited(tries: list[HttpAttempt], kind: RequestKind, said: str) -> tuple[Ht
         message = said if i == last else (redact(t.message) if t.message else "")
         reference = redact(t.vendor_reference) if t.vendor_reference else None
         if message != t.message or reference != t.vendor_reference:
-            t = replace(t, message=message, vendor_reference=reference)
+            # Built whole, not with dataclasses.replace (which reads the fields anew on every call):
+            # a row's last try always changes, hundreds of times a second.
+            t = HttpAttempt(
+                t.kind,
+                t.attempt,
+                t.started_at,
+                t.latency_us,
+                t.http_status,
+                t.action,
+                t.error_code,
+                t.vendor_error_code,
+                reference,
+                message,
+            )
         audited.append(t)
     return tuple(audited)
 
