@@ -135,14 +135,18 @@ def _mark_repeats(frame, open_, row_numbers, outcome, error_code, message) -> No
 def decisions_for(frame: pd.DataFrame, positions: np.ndarray) -> list[Decision]:
     """The Decision objects for some rows (built per chunk, never for the whole file)."""
     part = frame.iloc[positions]
-    cols = {c: part[c].tolist() if c in part else [None] * len(part) for c in ("invoice_number", "void_date")}
+    # Whole columns as lists: iterating a pandas (Arrow) column goes through Python per value.
+    cols = {
+        c: part[c].tolist() if c in part else [None] * len(part)
+        for c in ("row_number", "invoice_id", "vendor", "decision", "invoice_number", "void_date")
+    }
     return [
         Decision(int(r), str(i), str(v), str(d), _text(n), _text(vd))
         for r, i, v, d, n, vd in zip(
-            part["row_number"],
-            part["invoice_id"],
-            part["vendor"],
-            part["decision"],
+            cols["row_number"],
+            cols["invoice_id"],
+            cols["vendor"],
+            cols["decision"],
             cols["invoice_number"],
             cols["void_date"],
             strict=True,
