@@ -32,7 +32,7 @@ class Http:
             maxsize=max_connections, retries=False, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where()
         )
         # One connection pool per origin, found once: the manager's own per-call work (parsing
-        # the whole URL, building a pool key) is a tenth of a request's CPU (docs/performance.md).
+        # the whole URL, building a pool key) is a share of every request's CPU (docs/performance.md).
         self._pools: dict[str, urllib3.HTTPConnectionPool] = {}
 
     def request(
@@ -75,6 +75,7 @@ def split_origin(url: str) -> tuple[str, str]:
     start = url.find("//") + 2
     end = url.find("/", start)
     if end < 0 or "?" in url[start:end]:  # no path: "https://host" or "https://host?query"
-        end = min(i for i in (url.find("?", start), len(url)) if i >= 0)
+        query = url.find("?", start)
+        end = query if query >= 0 else len(url)
         return url[:end], "/" + url[end:]
     return url[:end], url[end:]

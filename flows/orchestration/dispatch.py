@@ -429,7 +429,7 @@ def spared_from_collection() -> Iterator[None]:
 
     A full collection looks at every object in the process (Prefect, pandas, Great
     Expectations, the decisions, the results so far) with every thread stopped: during a run
-    it took ~170 ms at a time, a gap in every vendor's sending (docs/performance.md). Objects
+    each one was a gap in every vendor's sending (docs/performance.md, "Stalls"). Objects
     alive when sending starts, and whenever `gc.freeze()` is called again, are long-lived; freezing
     them keeps each collection to what is new. Afterwards they are collectable again.
     """

@@ -237,9 +237,9 @@ class Ledger:
         self._pending: queue.SimpleQueue[_PendingRow | None] = queue.SimpleQueue()
         self._handoff = threading.Lock()  # guards `_closing` and the writer's start
         # SQLite has one write lock per file, and a connection that finds it taken sleeps in
-        # growing steps (1, 2, 5, 10 … 100 ms) before it tries again: a claim or a quota block
-        # waiting on the writer's back-to-back commits stalled a vendor for ~180 ms, and the
-        # writer waiting on a claim stalled every sender. Within this process the write
+        # growing steps before it tries again: a claim or a quota block waiting on the writer's
+        # back-to-back commits stalled a vendor, and the writer waiting on a claim stalled every
+        # sender (docs/performance.md, "Stalls"). Within this process the write
         # transactions take turns on a lock instead, which wakes the next one the moment the
         # last commits. (PostgreSQL locks rows, not the store: no turns needed there.)
         self._write_turn: AbstractContextManager = threading.Lock() if self.is_sqlite else nullcontext()
@@ -492,18 +492,14 @@ class Ledger:
         try:
             closing = False
             while not closing:
-                first = self._pending.get()
-                group: list[_PendingRow] = [] if first is None else [first]
-                closing = first is None
+                taken = [self._pending.get()]
                 while True:  # and every other row waiting now: one transaction for all of them
                     try:
-                        more = self._pending.get_nowait()
+                        taken.append(self._pending.get_nowait())
                     except queue.Empty:
                         break
-                    if more is None:
-                        closing = True
-                    else:
-                        group.append(more)
+                closing = taken[-1] is None  # `close` queues None last, after every row
+                group = [row for row in taken if row is not None]
                 if not group:
                     continue
                 try:
