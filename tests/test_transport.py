@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
@@ -14,7 +15,7 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from connectors.reading import RETRYABLE_EXCEPTIONS, Action
 from connectors.sending.client import VendorClient
-from connectors.sending.http import Http
+from connectors.sending.http import ONE_WRITE_MAX, Http
 from connectors.sending.ratelimit import HEADROOM, RateLimiter
 from connectors.vocabulary import Decision, ErrorCode, Outcome
 from connectors.wire import Request
@@ -274,14 +275,17 @@ def test_a_row_whose_retry_is_cut_short_by_a_stop_says_so():
 # -- Http on a real socket: what goes on the wire, and which errors come back -----------------
 
 
-class OneShotServer:
-    """A 127.0.0.1 socket that answers each connection with `reply(request_bytes)` (None: hang up)."""
+class LocalServer:
+    """A 127.0.0.1 socket serving one connection at a time with `handle`; `received`: the requests, whole.
 
-    def __init__(self, reply):
-        self.reply = reply
+    `wrap` turns an accepted socket into the one to serve (TLS)."""
+
+    def __init__(self, wrap=lambda conn: conn):
+        self.wrap = wrap
         self.received: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -290,21 +294,58 @@ class OneShotServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1)) if b"ontent-" in head else 0
-                while len(body) < length:
-                    body += conn.recv(65536)
-                self.received.append(head + b"\r\n\r\n" + body)
-                answer = self.reply(data)
-                if answer:
-                    conn.sendall(answer)
+            try:
+                with self.wrap(conn) as served:
+                    self.handle(served)
+            except (EOFError, OSError):
+                pass  # the client hung up
+
+    def handle(self, conn) -> None:
+        raise NotImplementedError
+
+    def read_request(self, conn, data: bytes) -> bytes:
+        """Read one request (after `data`, already read) into `received`; what was read beyond it."""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise EOFError
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        found = re.search(rb"(?i)content-length: (\d+)", head)
+        length = int(found.group(1)) if found else 0
+        while len(data) < length:
+            data += conn.recv(65536)
+        self.received.append(head + b"\r\n\r\n" + data[:length])
+        return data[length:]
 
     def close(self):
         self.sock.close()
+
+
+class OneShotServer(LocalServer):
+    """Answers each connection's request with `reply(request_bytes)` (None: hang up)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        super().__init__()
+
+    def handle(self, conn) -> None:
+        self.read_request(conn, b"")
+        answer = self.reply(self.received[-1])
+        if answer:
+            conn.sendall(answer)
+
+
+class KeepAliveServer(LocalServer):
+    """Answers every request of each connection `200 ok`, keeping the connection open."""
+
+    OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def handle(self, conn) -> None:
+        data = b""
+        while True:
+            data = self.read_request(conn, data)
+            conn.sendall(self.OK)
 
 
 def test_http_sends_json_form_params_and_user_agent_and_reads_the_answer():
@@ -360,6 +401,107 @@ def test_http_keeps_one_pool_per_origin_and_sends_each_request_to_its_own():
     assert all(f"Host: {host.decode()}".encode() in r for r in vendor.received)
 
 
+def record_writes_and_timeouts(monkeypatch) -> tuple[list[bytes], list[float | None]]:
+    """Every write a connection makes, and every timeout a socket really sets (after a change)."""
+    writes: list[bytes] = []
+    timeouts: list[float | None] = []
+    send, settimeout = http.client.HTTPConnection.send, socket.socket.settimeout
+
+    def recorded_send(self, data):
+        writes.append(bytes(data))
+        return send(self, data)
+
+    def recorded_settimeout(self, value):
+        timeouts.append(value)
+        return settimeout(self, value)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", recorded_send)
+    monkeypatch.setattr(socket.socket, "settimeout", recorded_settimeout)
+    return writes, timeouts
+
+
+def requests_in_one_write(client: Http, base: str, writes: list, timeouts: list, server: KeepAliveServer) -> None:
+    """Three requests on one kept-alive connection, then a large body: what each wrote and set."""
+    body = {"status": "approved", "note": "é"}
+    client.request("PUT", f"{base}/invoices/1", json=body, timeout=5)  # connects: its timeout is set
+    del writes[:], timeouts[:]
+    client.request("PUT", f"{base}/invoices/2", json=body, timeout=5)
+    client.request("GET", f"{base}/invoices/3", timeout=5)
+    assert len(writes) == 2 and writes[0].endswith(json.dumps(body).encode()) and b"PUT /invoices/2" in writes[0]
+    assert writes[1].startswith(b"GET /invoices/3") and writes[1].endswith(b"\r\n\r\n")
+    assert timeouts == []  # the same timeout again: no system call
+    client.request("PUT", f"{base}/invoices/4", json=body, timeout=7)
+    assert timeouts == [7.0]  # a new one is set (once: the read timeout is the same)
+    del writes[:]
+    large = {"note": "x" * ONE_WRITE_MAX}
+    client.request("PUT", f"{base}/invoices/5", json=large, timeout=7)
+    assert len(writes) == 2 and writes[0].endswith(b"\r\n\r\n")  # too large to join: header block, then body
+    assert [r.split(b"\r\n")[0] for r in server.received] == [
+        b"PUT /invoices/1 HTTP/1.1",
+        b"PUT /invoices/2 HTTP/1.1",
+        b"GET /invoices/3 HTTP/1.1",
+        b"PUT /invoices/4 HTTP/1.1",
+        b"PUT /invoices/5 HTTP/1.1",
+    ]
+    assert server.received[1].endswith(json.dumps(body).encode())
+    assert server.received[4].endswith(json.dumps(large).encode())
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_http_sends_each_request_in_one_write_and_sets_a_timeout_only_when_it_changes(scheme, monkeypatch, tmp_path):
+    wrap = None
+    if scheme == "https":
+        import ssl
+
+        cert, key = self_signed_certificate(tmp_path, ca=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        monkeypatch.setattr("connectors.sending.http.certifi.where", lambda: str(cert))  # trusted, for this test
+        wrap = lambda conn: context.wrap_socket(conn, server_side=True)  # noqa: E731
+    writes, timeouts = record_writes_and_timeouts(monkeypatch)
+    server = KeepAliveServer(wrap) if wrap else KeepAliveServer()
+    client = Http(1)
+    try:
+        requests_in_one_write(client, f"{scheme}://127.0.0.1:{server.port}", writes, timeouts, server)
+    finally:
+        client.close()
+        server.close()
+
+
+def self_signed_certificate(folder, *, ca: bool = False):
+    """(cert.pem, key.pem) for 127.0.0.1, signed by itself: no CA vouches for it unless trusted."""
+    from datetime import datetime, timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+    )
+    if ca:  # trusted as its own root by a client that loads it
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False
+        ).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return folder / "cert.pem", folder / "key.pem"
+
+
 def test_http_does_not_follow_redirects():
     server = OneShotServer(
         lambda _: (
@@ -405,30 +547,8 @@ def test_http_failures_are_the_retryable_kind(reply):
 
 def test_https_with_an_untrusted_certificate_fails_the_row_and_sends_nothing(tmp_path):
     import ssl
-    from datetime import datetime, timedelta
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )  # self-signed: no CA vouches for it
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    self_signed_certificate(tmp_path)  # self-signed: no CA vouches for it
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     received: list[bytes] = []

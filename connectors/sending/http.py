@@ -7,16 +7,88 @@ of calls a second that CPU is what the sending threads share (docs/performance.m
 from __future__ import annotations
 
 import json as jsonlib  # `json` is a parameter of Http.request, as in requests
+import socket
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
 import certifi
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from connectors.wire import Response
 
 USER_AGENT = "invoice-sync/0.1"
+# A body up to this size leaves in the same write as the header block.
+ONE_WRITE_MAX = 64 * 1024
+
+
+class _KeepsTimeout:
+    """A socket whose `settimeout` to the timeout it already has does nothing.
+
+    urllib3 sets a connection's timeout twice per request, to the same value; each call is a
+    system call that releases the GIL, which the sending thread then queues to take back
+    behind every other (docs/performance.md, "Sending threads and the GIL").
+    """
+
+    __slots__ = ()
+
+    def settimeout(self, value: float | None) -> None:
+        if value != self.gettimeout():  # type: ignore[attr-defined]
+            super().settimeout(value)  # type: ignore[misc]
+
+
+class _KeepsTimeoutSocket(_KeepsTimeout, socket.socket):
+    __slots__ = ()
+
+
+class _KeepsTimeoutSSLSocket(_KeepsTimeout, ssl.SSLSocket):
+    pass
+
+
+_KEEPS_TIMEOUT: dict[type, type] = {socket.socket: _KeepsTimeoutSocket, ssl.SSLSocket: _KeepsTimeoutSSLSocket}
+
+
+class _OneWrite:
+    """A keep-alive connection that sends a request's header block and its body in one write.
+
+    urllib3 writes them apart: two TCP segments for one small request (where Nagle's algorithm
+    meets delayed ACKs), and two more system calls that release the GIL (see `_KeepsTimeout`).
+    """
+
+    sock: socket.socket | None
+    _join = False
+    _header_block: bytes | None = None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        kind = _KEEPS_TIMEOUT.get(type(self.sock))
+        if kind is not None:  # the same socket, only its settimeout differs
+            self.sock.__class__ = kind
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        self._join = isinstance(body, bytes) and 0 < len(body) <= ONE_WRITE_MAX
+        try:
+            super().request(method, url, body=body, headers=headers, **kwargs)  # type: ignore[misc]
+        finally:
+            self._join, self._header_block = False, None
+
+    def send(self, data: Any) -> None:
+        if self._join:
+            if self._header_block is None:  # http.client's first write: the header block
+                self._header_block = data
+                return
+            data, self._join, self._header_block = self._header_block + data, False, None
+        super().send(data)  # type: ignore[misc]
+
+
+class OneWriteHTTPConnection(_OneWrite, HTTPConnection):
+    pass
+
+
+class OneWriteHTTPSConnection(_OneWrite, HTTPSConnection):
+    pass
 
 
 class Http:
@@ -61,6 +133,7 @@ class Http:
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = self._manager.connection_from_url(origin)
+            pool.ConnectionCls = OneWriteHTTPSConnection if origin.startswith("https:") else OneWriteHTTPConnection
         answer = pool.urlopen(
             method, target, body=body, headers=sent_headers, timeout=timeout, redirect=False, assert_same_host=False
         )
